@@ -1,0 +1,82 @@
+"""The multi-output CNN: one face image in, an age distribution over 0-100 years and P(male) out.
+
+    model = build_model(image_size=64, width=32)   # the CPU default (~1.2M parameters)
+    model = build_model(image_size=128, width=64)  # for GPUs
+
+A residual trunk (3x3 convolutions, batch norm, four stages halving resolution) feeds two heads:
+`age`, a softmax over AGE_BINS whose expected value is the age (DEX) and whose spread gives a range,
+and `gender`, a sigmoid. The model takes raw BGR pixels (0-255) and scales them itself.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+AGE_BINS = 101  # ages 0..100 years
+AGE_SIGMA_YEARS = 2.0  # spread of the soft (Gaussian) age target: neighbouring ages are nearly right
+AGE_L1_WEIGHT = 0.2  # adds |expected age - true age| to the distribution loss, as in DLDL-v2
+BN_MOMENTUM = 0.9  # batch-norm statistics settle within a few hundred steps, so short runs validate right
+
+
+def conv_bn_relu(x, filters: int, strides: int = 1):
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+    return layers.ReLU()(x)
+
+
+def residual_block(x, filters: int):
+    shortcut = x
+    x = conv_bn_relu(x, filters)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, gamma_initializer="zeros")(x)  # each block starts as the identity
+    return layers.ReLU()(layers.Add()([shortcut, x]))
+
+
+def build_model(image_size: int = 64, width: int = 32, blocks_per_stage: int = 1, dropout: float = 0.3) -> keras.Model:
+    images = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(images)
+    x = conv_bn_relu(x, width, strides=2 if image_size > 64 else 1)
+    for stage, filters in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        x = conv_bn_relu(x, filters, strides=2)
+        for _ in range(blocks_per_stage):
+            x = residual_block(x, filters)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    age_logits = layers.Dense(AGE_BINS)(x)
+    gender_logit = layers.Dense(1)(x)
+    # float32 outputs keep softmax and sigmoid exact under mixed precision
+    age = layers.Activation("softmax", dtype="float32", name="age")(age_logits)
+    gender = layers.Activation("sigmoid", dtype="float32", name="gender")(gender_logit)
+    return keras.Model(images, {"age": age, "gender": gender}, name="age_gender_cnn")
+
+
+def expected_age(age_probs):
+    return ops.sum(age_probs * ops.arange(AGE_BINS, dtype=age_probs.dtype), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="age_gender")
+def age_distribution_loss(age_years, age_probs):
+    """Cross-entropy against a Gaussian around the true age, plus the L1 error of the expected age."""
+    age_years = ops.reshape(ops.cast(age_years, "float32"), (-1, 1))
+    bins = ops.arange(AGE_BINS, dtype="float32")[None, :]
+    target = ops.exp(-0.5 * ops.square((bins - age_years) / AGE_SIGMA_YEARS))
+    target = target / ops.sum(target, axis=-1, keepdims=True)
+    age_probs = ops.cast(age_probs, "float32")
+    cross_entropy = -ops.sum(target * ops.log(ops.clip(age_probs, 1e-7, 1.0)), axis=-1)
+    l1_years = ops.abs(expected_age(age_probs) - age_years[:, 0])
+    return cross_entropy + AGE_L1_WEIGHT * l1_years
+
+
+@keras.saving.register_keras_serializable(package="age_gender")
+class AgeMAE(keras.metrics.MeanMetricWrapper):
+    """Mean absolute error in years of the distribution's expected age."""
+
+    def __init__(self, name: str = "mae", dtype=None):
+        super().__init__(fn=_age_abs_error, name=name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def _age_abs_error(age_years, age_probs):
+    return ops.abs(expected_age(ops.cast(age_probs, "float32")) - ops.reshape(ops.cast(age_years, "float32"), (-1,)))

@@ -1,0 +1,80 @@
+"""Shared fixtures. Real data lives in ../shared (present in CI, absent in a user's clone: tests skip)."""
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if YUNET.is_file():
+    os.environ["AGE_GENDER_YUNET"] = str(YUNET)  # tests never download the detector
+
+
+@pytest.fixture(autouse=True)
+def no_detector_download(tmp_path, monkeypatch):
+    """Point the detector cache at an empty folder so no test can reach the network for it."""
+    import faces
+
+    monkeypatch.setattr(faces, "YUNET_CACHE", tmp_path / "no-cache" / faces.YUNET_FILE)
+    monkeypatch.setattr(faces, "YUNET_URL", "http://127.0.0.1:9/unreachable.onnx")
+
+
+@pytest.fixture(scope="session")
+def yunet_path() -> Path:
+    if not YUNET.is_file():
+        pytest.skip("../shared/models (YuNet) is absent")
+    return YUNET
+
+
+@pytest.fixture(scope="session")
+def wiki_mat() -> Path:
+    path = SHARED / "data" / "wiki.mat"
+    if not path.is_file():
+        pytest.skip("../shared/data/wiki.mat is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def utkface_dir(tmp_path_factory) -> Path:
+    """Every 50th real UTKFace photo (about 400), extracted from the shared archive once per session."""
+    archive = SHARED / "data" / "UTKFace.tar.gz"
+    if not archive.is_file():
+        pytest.skip("../shared/data/UTKFace.tar.gz is absent")
+    out = tmp_path_factory.mktemp("utk")
+    with tarfile.open(archive, "r|gz") as tar:
+        for position, member in enumerate(tar):
+            if member.isfile() and position % 50 == 0:
+                tar.extract(member, out, filter="data")
+    return out / "UTKFace"
+
+
+def write_wiki_mat(path: Path, rows: list[dict]) -> None:
+    """A wiki.mat in the real layout (struct 'wiki', 1 x N fields, cells for paths, names and boxes)."""
+    import numpy as np
+    import scipy.io
+
+    def cell(values):
+        array = np.empty((1, len(values)), dtype=object)
+        for position, value in enumerate(values):
+            array[0, position] = value
+        return array
+
+    struct = {
+        "dob": np.array([[r["dob"] for r in rows]], dtype=np.int32),
+        "photo_taken": np.array([[r["photo_taken"] for r in rows]], dtype=np.uint16),
+        "full_path": cell([np.array([r["full_path"]]) for r in rows]),
+        "gender": np.array([[r["gender"] for r in rows]], dtype=np.float64),
+        "name": cell([np.array([r.get("name", "someone")]) for r in rows]),
+        "face_location": cell([np.array([r["face_location"]], dtype=np.float64) for r in rows]),
+        "face_score": np.array([[r["face_score"] for r in rows]], dtype=np.float64),
+        "second_face_score": np.array([[r.get("second_face_score", float("nan")) for r in rows]], dtype=np.float64),
+    }
+    scipy.io.savemat(path, {"wiki": struct})

@@ -1,0 +1,111 @@
+"""build_cache.py: IMDB-WIKI metadata and UTKFace names to cache.csv."""
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+from conftest import write_wiki_mat
+
+import build_cache
+from utils import run_cli
+
+
+def run(argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: build_cache.main(argv), exit_code=2)
+    return exit_info.value.code
+
+
+def test_age_from_datenum_assumes_mid_year_photo():
+    def datenum(year, month, day):  # MATLAB datenum = Python ordinal + 366
+        return date(year, month, day).toordinal() + 366
+
+    born = np.array([datenum(1981, 5, 5), datenum(1948, 6, 30), datenum(1948, 7, 1), datenum(1948, 12, 31)])
+    ages = build_cache.age_at_photo(born, np.array([2009, 1990, 1990, 1990]))
+    assert ages.tolist() == [28, 42, 41, 41]  # born from July on: one year younger at a mid-year photo
+
+
+def test_rules_drop_and_count(tmp_path, capsys):
+    base = dict(dob=723671, photo_taken=2009, gender=1.0, face_location=[10, 20, 110, 120], face_score=3.0)
+    rows = [
+        {**base, "full_path": "01/keep.jpg"},
+        {**base, "full_path": "01/noface.jpg", "face_score": float("-inf")},
+        {**base, "full_path": "01/weak.jpg", "face_score": 0.5},
+        {**base, "full_path": "01/two.jpg", "second_face_score": 2.5},
+        {**base, "full_path": "01/nogender.jpg", "gender": float("nan")},
+        {**base, "full_path": "01/unborn.jpg", "photo_taken": 1970},
+        {**base, "full_path": "01/female.jpg", "gender": 0.0},
+    ]
+    write_wiki_mat(tmp_path / "wiki.mat", rows)
+    out = tmp_path / "cache.csv"
+    assert build_cache.main(["--mat", str(tmp_path / "wiki.mat"), "--out", str(out)]) == 0
+    cache = pd.read_csv(out)
+    assert cache["path"].tolist() == ["wiki_crop/01/keep.jpg", "wiki_crop/01/female.jpg"]
+    assert cache.columns.tolist() == build_cache.CACHE_COLUMNS
+    assert cache.iloc[0][["age", "gender", "face_x1", "face_y1", "face_x2", "face_y2"]].tolist() == [28, 1, 10, 20, 110, 120]
+    assert cache.iloc[1]["gender"] == 0
+    printed = capsys.readouterr().out
+    assert "dropped      2 rows: face_score" in printed and "dropped      1 rows: a second face" in printed
+    assert "dropped      1 rows: gender unknown" in printed and "dropped      1 rows: age outside" in printed
+    assert build_cache.main(["--mat", str(tmp_path / "wiki.mat"), "--out", str(out), "--allow-second-face"]) == 0
+    assert "wiki_crop/01/two.jpg" in pd.read_csv(out)["path"].tolist()
+
+
+def test_real_wiki_mat(wiki_mat, tmp_path, capsys):
+    out = tmp_path / "cache.csv"
+    assert build_cache.main(["--mat", str(wiki_mat), "--out", str(out)]) == 0
+    cache = pd.read_csv(out).set_index("path")
+    printed = capsys.readouterr().out
+    assert "62328 entries" in printed and "kept     38138 rows" in printed
+    # Rows checked by hand against the file names' birth dates and photo years.
+    first = cache.loc["wiki_crop/17/10000217_1981-05-05_2009.jpg"]
+    assert (first["age"], first["gender"]) == (28, 1)
+    assert first[["face_x1", "face_y1", "face_x2", "face_y2"]].round(2).tolist() == [111.29, 111.29, 252.67, 252.67]
+    assert cache.loc["wiki_crop/12/100012_1948-07-03_2008.jpg", "age"] == 59  # born in July: one year less
+    assert "wiki_crop/48/10000548_1925-04-04_1964.jpg" not in cache.index  # a second face was found
+    assert cache["age"].between(0, 100).all() and set(cache["gender"]) == {0, 1}
+    assert (cache["face_score"] >= 1.0).all()
+
+
+def test_utkface_names(tmp_path, capsys):
+    folder = tmp_path / "UTKFace"
+    folder.mkdir()
+    for name in ["26_0_1_20170116.jpg.chip.jpg", "3_1_2_20161219.jpg.chip.jpg", "39_1_20170116174525125.jpg.chip.jpg"]:
+        (folder / name).write_bytes(b"x")
+    out = tmp_path / "utk.csv"
+    assert build_cache.main(["--utkface", str(folder), "--out", str(out)]) == 0
+    cache = pd.read_csv(out)
+    assert cache[["path", "age", "gender"]].values.tolist() == [
+        ["UTKFace/26_0_1_20170116.jpg.chip.jpg", 26, 1],  # UTKFace 0 = male, cache 1 = male
+        ["UTKFace/3_1_2_20161219.jpg.chip.jpg", 3, 0],
+    ]
+    assert cache["face_x1"].isna().all()
+    assert "1 malformed names skipped" in capsys.readouterr().out
+
+
+def test_utkface_detection_adds_landmarks(utkface_dir, yunet_path, tmp_path):
+    out = tmp_path / "utk.csv"
+    assert build_cache.main(["--utkface", str(utkface_dir), "--out", str(out), "--detect"]) == 0
+    cache = pd.read_csv(out)
+    listed = len(list(utkface_dir.iterdir()))
+    assert len(cache) >= 0.95 * listed  # faces are found in nearly every chip
+    assert cache["right_eye_x"].notna().all()
+    assert (cache["right_eye_x"] < cache["left_eye_x"]).all()  # subject's right eye on the image's left
+
+
+@pytest.mark.parametrize("content", [None, b"this is not a mat file", "no_fields"])
+def test_bad_mat_exits_2(tmp_path, capsys, content):
+    path = tmp_path / "wiki.mat"
+    if content == "no_fields":
+        scipy.io.savemat(path, {"wiki": {"dob": np.array([[1]])}})
+    elif content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "cache.csv"
+    out.write_text("earlier,cache\n")
+    assert run(["--mat", str(path), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert out.read_text() == "earlier,cache\n"  # nothing on disk was touched

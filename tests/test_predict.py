@@ -1,0 +1,157 @@
+"""predict.py with the model we ship: real faces, bad inputs, and agreement with the Keras model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ROOT
+from test_faces import png_header
+
+import predict
+from build_cache import UTKFACE_NAME
+from utils import run_cli
+
+SHIPPED = ROOT / "models" / "default" / "model.onnx"
+
+
+def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: predict.main(argv))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def chip_label(path: Path) -> tuple[int, int]:
+    match = UTKFACE_NAME.match(path.name)
+    return int(match["age"]), 1 - int(match["gender"])  # (age, 1 = male)
+
+
+@pytest.fixture(scope="module")
+def composite(utkface_dir, tmp_path_factory) -> tuple[Path, list[tuple[int, int]]]:
+    """Four real faces side by side on a plain background, at different sizes."""
+    chips = sorted(utkface_dir.iterdir())[10:14]
+    canvas = np.full((420, 1000, 3), 170, np.uint8)
+    placements = [(30, 60, 200), (280, 110, 160), (500, 40, 240), (790, 150, 140)]
+    for chip, (x, y, side) in zip(chips, placements):
+        canvas[y:y + side, x:x + side] = cv2.resize(cv2.imread(str(chip)), (side, side), interpolation=cv2.INTER_AREA)
+    path = tmp_path_factory.mktemp("composite") / "group.jpg"
+    cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return path, placements
+
+
+def test_json_schema_and_every_face_of_a_composite(composite, yunet_path, capsys):
+    path, placements = composite
+    code, out, err = run_predict([str(path), "--json"], capsys)
+    assert code == 0, err
+    document = json.loads(out)  # stdout holds the JSON document and nothing else
+    assert len(document) == 1 and set(document[0]) == {"image", "faces"} and document[0]["image"] == str(path)
+    faces = document[0]["faces"]
+    assert len(faces) == len(placements)
+    for face in faces:
+        assert set(face) == {"box", "age", "age_range", "gender", "gender_confidence"}
+        assert len(face["box"]) == 4 and all(isinstance(v, float) for v in face["box"])
+        assert 0 <= face["age_range"][0] <= face["age"] <= face["age_range"][1] <= 100
+        assert face["gender"] in ("male", "female") and 0.5 <= face["gender_confidence"] <= 1
+    for x, y, side in placements:  # each chip holds exactly one detected face centre
+        centres = [(f["box"][0] + f["box"][2] / 2, f["box"][1] + f["box"][3] / 2) for f in faces]
+        assert sum(x <= cx <= x + side and y <= cy <= y + side for cx, cy in centres) == 1
+        face = next(f for f, (cx, cy) in zip(faces, centres) if x <= cx <= x + side and y <= cy <= y + side)
+        assert 0.5 * side <= face["box"][2] <= 1.1 * side
+
+
+def test_save_writes_an_annotated_image(composite, yunet_path, tmp_path, capsys):
+    path, _ = composite
+    out = tmp_path / "annotated.jpg"
+    code, table, _ = run_predict([str(path), "--save", str(out)], capsys)
+    assert code == 0 and "male" in table
+    annotated, original = cv2.imread(str(out)), cv2.imread(str(path))
+    assert annotated is not None and annotated.shape == original.shape
+    assert np.abs(annotated.astype(int) - original).sum() > 0  # boxes and labels were drawn
+
+
+def test_aligned_faces_give_a_sensible_mae(utkface_dir, capsys):
+    chips = sorted(utkface_dir.iterdir())[:300]
+    code, out, err = run_predict([str(utkface_dir), "--detector", "none", "--json"], capsys)
+    assert code == 0, err
+    by_path = {item["image"]: item["faces"] for item in json.loads(out)}
+    errors, correct = [], []
+    for chip in chips:
+        (face,) = by_path[str(chip)]
+        age, male = chip_label(chip)
+        errors.append(abs(face["age"] - age))
+        correct.append((face["gender"] == "male") == bool(male))
+    assert np.mean(errors) < 8.0 and np.mean(correct) > 0.85, (np.mean(errors), np.mean(correct))
+
+
+def test_bad_inputs_are_reported_per_image(tmp_path, capsys):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((120, 120, 3), 128, np.uint8))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello, I am not a JPEG")
+    data = cv2.imencode(".jpg", np.full((300, 300, 3), 80, np.uint8))[1].tobytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "huge.png").write_bytes(png_header(100_000, 100_000))
+    (tmp_path / "no_images").mkdir()
+    names = ["good.png", "empty.jpg", "text.jpg", "truncated.jpg", "huge.png", "no_images", "missing.jpg"]
+    code, out, err = run_predict([str(tmp_path / n) for n in names] + ["--json", "--detector", "haar"], capsys)
+    assert code == 1
+    document = {Path(item["image"]).name: item for item in json.loads(out)}
+    assert document["good.png"] == {"image": str(good), "faces": []}  # processed despite the others
+    reasons = {name: document[name].get("error", "") for name in names[1:]}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["text.jpg"]
+    assert "truncated" in reasons["truncated.jpg"] and "too large" in reasons["huge.png"]
+    assert "no images" in reasons["no_images"] and "no such file" in reasons["missing.jpg"]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == len(names) - 1
+
+
+def test_bad_model_file_is_one_line(tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not a model")
+    (tmp_path / "model.json").write_text(SHIPPED.with_name("model.json").read_text())
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.zeros((50, 50, 3), np.uint8))
+    code, _, err = run_predict([str(photo), "--model", str(model), "--detector", "none"], capsys)
+    assert code == 1 and err.startswith("error: cannot load model") and err.count("\n") == 1
+
+
+def test_importable_array_in_faces_out(utkface_dir):
+    chip = sorted(utkface_dir.iterdir())[0]
+    faces = predict.AgeGenderPredictor(detector="none").predict(cv2.imread(str(chip)))
+    assert len(faces) == 1 and set(faces[0]) == {"box", "age", "age_range", "gender", "gender_confidence"}
+
+
+def test_haar_fallback_when_yunet_cannot_be_had(monkeypatch, capsys):
+    monkeypatch.delenv("AGE_GENDER_YUNET", raising=False)
+    predictor = predict.AgeGenderPredictor(detector="yunet")  # the download is pointed at a closed port
+    assert predictor.detector.kind == "haar"
+    assert "warning: YuNet face detector unavailable" in capsys.readouterr().err
+
+
+def test_prediction_does_not_import_tensorflow(tmp_path):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.zeros((64, 64, 3), np.uint8))
+    code = ("import sys, predict; predict.main([sys.argv[1], '--detector', 'none', '--json']); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code, str(photo)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_onnx_agrees_with_keras(utkface_dir):
+    keras_path = SHIPPED.with_suffix(".keras")
+    if not keras_path.is_file():
+        pytest.skip("the shipped model has no .keras copy")
+    import keras
+
+    import backbone  # noqa: F401  registers the custom loss and metric
+
+    predictor = predict.AgeGenderPredictor(detector="none")
+    crops = np.concatenate([predictor.frame(cv2.imread(str(p)))[1] for p in sorted(utkface_dir.iterdir())[:32]])
+    expected = keras.models.load_model(keras_path).predict(crops.astype(np.float32), verbose=0)
+    got = dict(zip(predictor.output_names, predictor.session.run(None, {predictor.input_name: crops.astype(np.float32)})))
+    for name in ("age", "gender"):
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-4)
