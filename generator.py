@@ -96,11 +96,12 @@ def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, packed_pa
     zoom_out = np.array([[1 / PACK_CONTEXT, 0, centre * (1 - 1 / PACK_CONTEXT)],
                          [0, 1 / PACK_CONTEXT, centre * (1 - 1 / PACK_CONTEXT)], [0, 0, 1]])
     valid = np.zeros(len(table), bool)
+    records = table.to_dict("records")
     with atomic_path(packed_path, suffix=".npy") as temp_path:
         images = np.lib.format.open_memmap(temp_path, "w+", np.uint8, (len(table), packed_size, packed_size, 3))
 
         def pack_one(position: int) -> None:
-            crop = frame_row(table.iloc[position], root, packed_size, zoom_out)
+            crop = frame_row(records[position], root, packed_size, zoom_out)
             if crop is not None:
                 images[position], valid[position] = crop, True
 
@@ -119,6 +120,7 @@ class FaceDataset(keras.utils.PyDataset):
                  augment: bool = False, seed: int = 42, packed: dict | None = None, workers: int = 2, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.table, self.root = table.reset_index(drop=True), Path(root)
+        self.records = self.table.to_dict("records")  # plain dicts: far cheaper per sample than DataFrame rows
         self.image_size, self.batch_size, self.augment, self.packed = image_size, batch_size, augment, packed
         self.seed, self.epoch = seed, 0
         self.rng = np.random.default_rng(seed)
@@ -155,9 +157,9 @@ class FaceDataset(keras.utils.PyDataset):
         images = np.empty((len(rows), self.image_size, self.image_size, 3), np.uint8)
         ok = np.zeros(len(rows), bool)
         for position, (row, jitter) in enumerate(zip(rows, jitters)):
-            crop = frame_row(self.table.iloc[row], self.root, self.image_size, jitter)
+            crop = frame_row(self.records[row], self.root, self.image_size, jitter)
             if crop is None:
-                self._report_unreadable(self.table["path"].iloc[row])
+                self._report_unreadable(self.records[row]["path"])
             else:
                 images[position], ok[position] = crop, True
         return images[ok], ok
@@ -166,7 +168,7 @@ class FaceDataset(keras.utils.PyDataset):
         packed_rows = self.packed_rows[rows]
         ok = self.packed["valid"][packed_rows]
         for row in rows[~ok]:
-            self._report_unreadable(self.table["path"].iloc[row])
+            self._report_unreadable(self.records[row]["path"])
         crops = self.packed["images"][packed_rows[ok]]
         margin = (crops.shape[1] - self.image_size) // 2
         if not self.augment:

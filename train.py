@@ -172,20 +172,25 @@ def main(argv=None) -> int:
     model.summary(line_length=100)
     print(f"parameters: {model.count_params():,}")
 
-    initial_epoch = len(pd.read_csv(out / "log.csv")) if args.resume and (out / "log.csv").is_file() else 0
+    history = pd.read_csv(out / "log.csv") if args.resume and (out / "log.csv").is_file() else pd.DataFrame()
+    best_so_far = float(history["val_age_mae"].min()) if len(history) else None  # a resumed run keeps its best
     callbacks = [
-        keras.callbacks.ModelCheckpoint(out / "model.keras", monitor="val_age_mae", mode="min", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(out / "model.keras", monitor="val_age_mae", mode="min", save_best_only=True,
+                                        initial_value_threshold=best_so_far),
         keras.callbacks.ModelCheckpoint(out / "last.keras"),
         keras.callbacks.EarlyStopping(monitor="val_age_mae", mode="min", patience=args.patience),
         keras.callbacks.CSVLogger(out / "log.csv", append=args.resume),
     ]
     if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
         callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
-    model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs, initial_epoch=initial_epoch,
+    model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs, initial_epoch=len(history),
               callbacks=callbacks)
     plot_curves(out / "log.csv", out / "curves.png")
 
-    best = keras.models.load_model(out / "model.keras")
+    # The released model needs no optimizer state (last.keras keeps it for --resume): a third of the size.
+    best = keras.models.load_model(out / "model.keras", compile=False)
+    with atomic_path(out / "model.keras") as temp_path:
+        best.save(temp_path)
     metrics = {name: evaluate_split(best, datasets[name]) for name in ("val", "test")}
     unreadable = sorted(set().union(*(d.unreadable for d in datasets.values())))
     if unreadable:

@@ -37,9 +37,13 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=final_path.parent, prefix=f".{final_path.name}.", suffix=suffix or final_path.suffix)
+    handle, temp_name = tempfile.mkstemp(dir=final_path.parent, prefix=f".{final_path.name}.",
+                                         suffix=suffix or final_path.suffix)
     os.close(handle)
     temp_path = Path(temp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_path, 0o666 & ~umask)  # mkstemp's 0600 would make results private to their writer
     try:
         yield temp_path
         os.replace(temp_path, final_path)
