@@ -173,7 +173,7 @@ def load_cache(cache_path: str | Path) -> pd.DataFrame:
 
 def write_cache(table: pd.DataFrame, out_path: str | Path) -> None:
     with atomic_path(out_path) as temp_path:
-        table.to_csv(temp_path, index=False, float_format="%.6g")
+        table.to_csv(temp_path, index=False, float_format="%.9g")  # exact for float32 detector output
 
 
 def main(argv=None) -> int:

@@ -52,17 +52,22 @@ def mae_by_decade(age_true: np.ndarray, age_pred: np.ndarray) -> pd.DataFrame:
 
 
 def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(true ages, predicted ages, true genders, P(male)) over a dataset, skipping unreadable images."""
+    """(true ages, predicted ages, true genders, P(male)) over a dataset, skipping unreadable images.
+    Like predict.py, each face's outputs are averaged with its mirror image's."""
     from backbone import AGE_BINS
+    from predict import mirror_average
+
+    def run(images):
+        return {name: np.asarray(value) for name, value in model.predict_on_batch(images).items()}
 
     ages, predicted, genders, male_probs = [], [], [], []
     for index in range(len(dataset)):
         images, targets = dataset[index]
         if not len(images):
             continue
-        outputs = model.predict_on_batch(images)
-        predicted.append(np.asarray(outputs["age"]) @ np.arange(AGE_BINS))
-        male_probs.append(np.asarray(outputs["gender"])[:, 0])
+        outputs = mirror_average(run, images)
+        predicted.append(outputs["age"] @ np.arange(AGE_BINS))
+        male_probs.append(outputs["gender"][:, 0])
         ages.append(targets["age"])
         genders.append(targets["gender"][:, 0])
     return tuple(np.concatenate(parts) for parts in (ages, predicted, genders, male_probs))

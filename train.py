@@ -86,6 +86,7 @@ def model_card(args, table: pd.DataFrame, splits: dict, metrics: dict, parameter
                     "score_threshold": DETECTION_SCORE, "template": FACE_TEMPLATE.round(4).tolist(),
                     "box_framing": BOX_FRAMING},
         "outputs": {"age": "softmax over ages 0..100; age = expected value", "gender": "P(male), sigmoid"},
+        "inference": "outputs averaged over the framed face and its mirror image (predict.mirror_average)",
         "age_range": [0, 100],
         "architecture": {"width": args.width, "parameters": parameters},
         "data": {"cache": str(args.cache), "rows": int(len(table)), "seed": args.seed,

@@ -178,3 +178,19 @@ def test_in_the_wild_evaluation_finds_and_scores_faces(utkface_dir, yunet_path, 
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["n"] == 60 and metrics["detected"] >= 0.9
     assert metrics["gender_accuracy"] >= 0.75 and metrics["age_mae"] < 10
+
+
+def test_a_card_without_landmark_framing_uses_box_crops(composite, yunet_path, tmp_path):
+    """Models framed another way (an older card with only box margins) still load and predict."""
+    import shutil
+
+    model_dir = tmp_path / "older"
+    shutil.copytree(SHIPPED.parent, model_dir)
+    card = json.loads((model_dir / "model.json").read_text())
+    card["framing"] = {"box_framing": {"yunet": {"margin": 0.2, "shift_y": 0.0}}}
+    (model_dir / "model.json").write_text(json.dumps(card))
+    predictor = predict.AgeGenderPredictor(model_dir / "model.onnx")
+    assert not predictor.use_landmarks and predictor.box_framing["yunet"]["margin"] == 0.2
+    faces, crops = predictor.frame(cv2.imread(str(composite[0])))
+    assert len(faces) == 4 and all(face.landmarks is None for face in faces)
+    assert len(predictor.predict(cv2.imread(str(composite[0])))) == 4
