@@ -2,7 +2,7 @@
 
     python bench.py                # full run, a table
     python bench.py --quick --json # a short run, one JSON object
-    python bench.py --images ../data/UTKFace   # predict.py's folder figure on real aligned faces
+    python bench.py --images data/UTKFace --photo group.jpg   # predict.py's figures on real faces
 
 Targets on a 2-core CPU at the default input size: >= 1,500 images/s from 200x200 JPEGs with two
 workers, >= 20,000 images/s from the packed cache, a generator >= 5x faster than training consumes,
@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
     parser.add_argument("--model", default=str(ROOT / "models" / "default" / "model.onnx"), help="ONNX model for inference")
     parser.add_argument("--images", help="a folder of aligned face images for predict.py's folder figure")
+    parser.add_argument("--photo", help="a photo with faces for the cold-start figure (default: a synthetic one)")
     return parser.parse_args(argv)
 
 
@@ -127,8 +128,9 @@ def main(argv=None) -> int:
             repeats = 20 if args.quick else 100
             figures["predict_faces_per_s_batch_1"] = onnx_faces_per_s(args.model, args.image_size, 1, repeats * 5)
             figures["predict_faces_per_s"] = onnx_faces_per_s(args.model, args.image_size, 64, repeats)
-            photo = folder / "photo.jpg"
-            cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(folder / "500_0.jpg")), (1024, 768)))
+            photo = Path(args.photo) if args.photo else folder / "photo.jpg"
+            if not args.photo:
+                cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(folder / "500_0.jpg")), (1024, 768)))
             figures["predict_cli_cold_start_s"] = predict_cli_seconds([str(photo)])
             faces_folder = Path(args.images) if args.images else folder / "aligned"
             if not args.images:

@@ -74,7 +74,7 @@ def age_at_photo(dob_datenum: np.ndarray, photo_taken: np.ndarray) -> np.ndarray
 
 def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool) -> pd.DataFrame:
     struct_name, fields = load_mat(mat_path)
-    boxes = np.concatenate([np.reshape(box, (-1, 4)) for box in fields["face_location"]]).astype(np.float64)
+    boxes = np.concatenate(fields["face_location"]).reshape(-1, 4).astype(np.float64)  # each cell holds 1 x 4
     table = pd.DataFrame({
         "path": [f"{struct_name}_crop/{path}" for path in np.concatenate(fields["full_path"])],
         "age": age_at_photo(fields["dob"], fields["photo_taken"]),

@@ -68,6 +68,7 @@ def age_band(age_years: np.ndarray) -> np.ndarray:
 
 def split_table(table: pd.DataFrame, seed: int = 42) -> dict[str, pd.DataFrame]:
     """Reproducible train/val/test split, stratified by age decade and gender."""
+    table = table.reset_index(drop=True)  # positions and labels agree below
     strata = age_band(table["age"]) * 2 + table["gender"].to_numpy()
     counts = pd.Series(strata).value_counts()
     strata = np.where(counts[strata].to_numpy() >= 10, strata, -1)  # tiny strata pooled so sklearn can split
@@ -84,7 +85,9 @@ def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, packed_pa
     """Frame every row once into a uint8 array on disk (memory-mapped); reused while the rows match."""
     root = Path(root)
     packed_size = round(image_size * PACK_CONTEXT)
-    key = hashlib.sha256("\n".join(table["path"]).encode() + str(image_size).encode()).hexdigest()[:16]
+    # The file name carries a hash of the rows and their faces: a rebuilt cache never reads stale crops.
+    rows_hash = pd.util.hash_pandas_object(table[["path", *BOX_COLUMNS, *LANDMARK_COLUMNS]], index=False)
+    key = hashlib.sha256(rows_hash.to_numpy().tobytes() + str(image_size).encode()).hexdigest()[:16]
     packed_path = Path(packed_path or root / f"packed_{image_size}_{key}.npy")
     valid_path = packed_path.with_suffix(".valid.npy")
     if packed_path.is_file() and valid_path.is_file():
@@ -108,7 +111,8 @@ def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, packed_pa
         with ThreadPoolExecutor(workers) as pool:
             list(tqdm(pool.map(pack_one, range(len(table))), total=len(table), desc="pack faces", unit="face"))
         images.flush()
-    np.save(valid_path, valid)
+        with atomic_path(valid_path, suffix=".npy") as valid_temp_path:
+            np.save(valid_temp_path, valid)
     print(f"packed {valid.sum()} faces into {packed_path} ({(~valid).sum()} unreadable)")
     return pack_faces(table, root, image_size, packed_path)
 
