@@ -28,7 +28,8 @@ def residual_block(x, filters: int):
     shortcut = x
     x = conv_bn_relu(x, filters)
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, gamma_initializer="zeros")(x)  # each block starts as the identity
+    # gamma = 0: each block starts as the identity, which keeps early training stable
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, gamma_initializer="zeros")(x)
     return layers.ReLU()(layers.Add()([shortcut, x]))
 
 

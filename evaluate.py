@@ -127,7 +127,8 @@ def plot_errors(age_true: np.ndarray, age_pred: np.ndarray, out_dir: Path) -> No
     figure, axis = plt.subplots(figsize=(5.5, 5))
     axis.scatter(age_true, age_pred, s=4, alpha=0.3)
     axis.plot([0, 100], [0, 100], color="black", linewidth=1)
-    axis.set(xlabel="true age (years)", ylabel="predicted age (years)", title="predicted vs true age", xlim=(0, 100), ylim=(0, 100))
+    axis.set(xlabel="true age (years)", ylabel="predicted age (years)", title="predicted vs true age",
+             xlim=(0, 100), ylim=(0, 100))
     _save(figure, out_dir / "pred_vs_true.png")
     table = mae_by_decade(age_true, age_pred)
     figure, axis = plt.subplots(figsize=(7, 4))

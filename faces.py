@@ -262,5 +262,7 @@ class FaceDetector:
     def _detect_haar(self, image: np.ndarray) -> list[Face]:
         grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
         min_side = max(24, min(grey.shape) // 20)
-        boxes, _, weights = self.haar.detectMultiScale3(grey, 1.1, 5, minSize=(min_side, min_side), outputRejectLevels=True)
-        return [Face(tuple(map(float, box)), None, float(weight), "haar") for box, weight in zip(boxes, np.ravel(weights))]
+        boxes, _, weights = self.haar.detectMultiScale3(grey, 1.1, 5, minSize=(min_side, min_side),
+                                                        outputRejectLevels=True)
+        return [Face(tuple(map(float, box)), None, float(weight), "haar")
+                for box, weight in zip(boxes, np.ravel(weights))]

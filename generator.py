@@ -195,5 +195,6 @@ class FaceDataset(keras.utils.PyDataset):
     def _report_unreadable(self, path: str) -> None:
         with self.lock:
             if not self.unreadable:
-                print(f"warning: skipping unreadable image {path} (and any others: counted at the end)", file=sys.stderr)
+                print(f"warning: skipping unreadable image {path} (and any others: counted at the end)",
+                      file=sys.stderr)
             self.unreadable.add(path)

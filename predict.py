@@ -38,12 +38,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     parser.add_argument("--json", action="store_true", help="print one JSON document (a list, one object per image)")
-    parser.add_argument("--save", metavar="DIR_OR_FILE", help="write annotated copies: a folder, or a file for one image")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model.onnx with its model.json (default: the shipped model)")
+    parser.add_argument("--save", metavar="DIR_OR_FILE",
+                        help="write annotated copies: a folder, or a file for one image")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL),
+                        help="model.onnx with its model.json (default: the shipped model)")
     parser.add_argument("--detector", choices=["yunet", "haar", "none"], default="yunet",
                         help="face detector; none: each image is one already-cropped face (default: yunet)")
-    parser.add_argument("--detector-model", help="YuNet .onnx file (default: $AGE_GENDER_YUNET, else a verified download)")
-    parser.add_argument("--min-face", type=int, default=0, metavar="PIXELS", help="ignore faces smaller than this (default: 0)")
+    parser.add_argument("--detector-model",
+                        help="YuNet .onnx file (default: $AGE_GENDER_YUNET, else a verified download)")
+    parser.add_argument("--min-face", type=int, default=0, metavar="PIXELS",
+                        help="ignore faces smaller than this (default: 0)")
     return parser.parse_args(argv)
 
 

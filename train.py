@@ -34,12 +34,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/default", help="run folder (default: runs/default)")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    parser.add_argument("--image-size", type=int, default=96, help="model input side in pixels, a multiple of 4 (default: 96)")
+    parser.add_argument("--image-size", type=int, default=96,
+                        help="model input side in pixels, a multiple of 4 (default: 96)")
     parser.add_argument("--width", type=int, default=24, help="channels of the first stage; 64 for GPUs (default: 24)")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak AdamW learning rate (default: 3e-3)")
-    parser.add_argument("--gender-weight", type=float, default=2.0, help="gender loss weight next to age's 1 (default: 2.0)")
+    parser.add_argument("--gender-weight", type=float, default=2.0,
+                        help="gender loss weight next to age's 1 (default: 2.0)")
     parser.add_argument("--patience", type=int, default=8, help="early stopping patience in epochs (default: 8)")
-    parser.add_argument("--seed", type=int, default=42, help="seed for the split, weights and augmentation (default: 42)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed for the split, weights and augmentation (default: 42)")
     parser.add_argument("--limit", type=int, help="use only this many rows (quick experiments)")
     parser.add_argument("--packed", action="store_true", help="frame all faces once into a memory-mapped array first")
     parser.add_argument("--workers", type=int, default=2, help="data loading threads (default: 2)")
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
     else:
         splits = split_table(table, args.seed)
         with atomic_path(split_path) as temp_path:
-            pd.concat([part[["path"]].assign(split=name) for name, part in splits.items()]).to_csv(temp_path, index=False)
+            assignment = pd.concat([part[["path"]].assign(split=name) for name, part in splits.items()])
+            assignment.to_csv(temp_path, index=False)
     print(", ".join(f"{name}: {len(part)} faces" for name, part in splits.items()))
 
     packed = pack_faces(table, args.root, args.image_size) if args.packed else None
@@ -163,7 +167,8 @@ def main(argv=None) -> int:
             model = build_model(args.image_size, args.width)
             warmup_steps = len(datasets["train"])  # one epoch of linear warm-up, then cosine decay
             schedule = keras.optimizers.schedules.CosineDecay(
-                0.0, max(1, (args.epochs - 1) * warmup_steps), warmup_target=args.learning_rate, warmup_steps=warmup_steps)
+                0.0, max(1, (args.epochs - 1) * warmup_steps), warmup_target=args.learning_rate,
+                warmup_steps=warmup_steps)
             model.compile(
                 optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
                 loss={"age": age_distribution_loss, "gender": keras.losses.BinaryCrossentropy(label_smoothing=0.05)},
