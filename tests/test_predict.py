@@ -194,3 +194,17 @@ def test_a_card_without_landmark_framing_uses_box_crops(composite, yunet_path, t
     faces, crops = predictor.frame(cv2.imread(str(composite[0])))
     assert len(faces) == 4 and all(face.landmarks is None for face in faces)
     assert len(predictor.predict(cv2.imread(str(composite[0])))) == 4
+
+
+def test_huge_photo_is_detected_downscaled_with_boxes_in_its_own_pixels(composite, yunet_path):
+    path, placements = composite
+    small = cv2.imread(str(path))
+    huge = cv2.resize(small, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # 4000 x 1680 pixels
+    predictor = predict.AgeGenderPredictor()
+    small_faces = sorted(predictor.predict(small), key=lambda f: f["box"][0])
+    huge_faces = sorted(predictor.predict(huge), key=lambda f: f["box"][0])
+    assert len(huge_faces) == len(small_faces) == len(placements)
+    for small_face, huge_face in zip(small_faces, huge_faces):
+        # the same face in the huge photo's own pixels, up to detector jitter (10% of the face)
+        np.testing.assert_allclose(np.array(huge_face["box"]) / 4, small_face["box"], atol=0.1 * small_face["box"][2])
+        assert huge_face["gender"] == small_face["gender"] and abs(huge_face["age"] - small_face["age"]) < 5

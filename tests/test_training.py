@@ -173,3 +173,18 @@ def test_short_real_training_beats_the_mean(utkface_dir, tmp_path):
     model_mae = np.average([card["metrics"][s]["age_mae"] for s in ("val", "test")],
                            weights=[card["metrics"][s]["n"] for s in ("val", "test")])
     assert model_mae < mean_mae, (model_mae, mean_mae)
+
+
+def test_two_seeded_runs_give_close_numbers(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    synthetic_table(root, count=60)
+    cards = []
+    for name in ("first", "second"):
+        assert train.main(["--cache", str(root / "cache.csv"), "--root", str(root), "--out", str(tmp_path / name),
+                           "--epochs", "2", "--image-size", "32", "--width", "8", "--batch-size", "16"]) == 0
+        cards.append(json.loads((tmp_path / name / "model.json").read_text()))
+    assert (tmp_path / "first" / "split.csv").read_text() == (tmp_path / "second" / "split.csv").read_text()
+    first, second = (card["metrics"]["val"] for card in cards)
+    assert abs(first["age_mae"] - second["age_mae"]) < 0.5
+    assert first["gender_accuracy"] == second["gender_accuracy"]
