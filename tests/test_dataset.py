@@ -228,3 +228,15 @@ def test_main_refuses_a_malicious_archive(server, tmp_path, capsys):
     assert exit_info.value.code == 1
     assert "unsafe archive" in capsys.readouterr().err
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_archive_on_disk_is_extracted_without_download(tmp_path, capsys):
+    archive = tmp_path / "UTKFace.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("UTKFace/26_0_1_20170116.jpg.chip.jpg")
+        data = jpeg_bytes(0)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert Dataset.main(["--archive", str(archive), "--dest", str(tmp_path / "data")]) == 0
+    assert (tmp_path / "data" / "UTKFace" / "26_0_1_20170116.jpg.chip.jpg").read_bytes() == data
+    assert "extracted" in capsys.readouterr().out
