@@ -168,21 +168,25 @@ def frame_face(image: np.ndarray, face: Face, size: int, jitter: np.ndarray | No
         matrix = (jitter @ np.vstack([matrix, [0, 0, 1]]))[:2]
     scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
     if scale < 0.5:
-        # Shrinking more than 2x in one warp aliases; shrink the face's neighbourhood by area first.
-        image, matrix = _shrink_around_crop(image, matrix, size, 2 * scale)
+        # Shrinking more than 2x in one warp aliases: halve the face's neighbourhood first.
+        image, matrix = _halve_around_crop(image, matrix, size, halvings=int(np.ceil(np.log2(0.5 / scale))))
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _shrink_around_crop(image: np.ndarray, matrix: np.ndarray, size: int, factor: float):
+def _halve_around_crop(image: np.ndarray, matrix: np.ndarray, size: int, halvings: int):
+    """Crop the region the output covers and halve it `halvings` times with a Gaussian pyramid
+    (cheap, and free of aliasing); return it with the matrix that now maps it to the output."""
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inverse.T
     height, width = image.shape[:2]
     x0, y0 = np.clip(np.floor(corners.min(0)) - 2, 0, [width - 1, height - 1]).astype(int)
     x1, y1 = np.clip(np.ceil(corners.max(0)) + 2, [x0 + 1, y0 + 1], [width, height]).astype(int)
-    region = image[y0:y1, x0:x1]
-    shrunk = cv2.resize(region, (max(1, round(region.shape[1] * factor)), max(1, round(region.shape[0] * factor))),
-                        interpolation=cv2.INTER_AREA)
-    scale_x, scale_y = region.shape[1] / shrunk.shape[1], region.shape[0] / shrunk.shape[0]
+    shrunk = image[y0:y1, x0:x1]
+    for _ in range(halvings):
+        if min(shrunk.shape[:2]) < 2:
+            break
+        shrunk = cv2.pyrDown(shrunk)
+    scale_x, scale_y = (x1 - x0) / shrunk.shape[1], (y1 - y0) / shrunk.shape[0]
     # output = matrix @ source, source = (x0, y0) + diag(scale) @ shrunk pixel
     to_source = np.array([[scale_x, 0, x0], [0, scale_y, y0], [0, 0, 1]])
     return shrunk, matrix @ to_source
