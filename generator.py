@@ -179,18 +179,18 @@ class FaceDataset(keras.utils.PyDataset):
             return crops[:, margin:margin + self.image_size, margin:margin + self.image_size], ok
         images = np.empty((len(crops), self.image_size, self.image_size, 3), np.uint8)
         to_centre = np.array([[1, 0, -margin], [0, 1, -margin], [0, 0, 1]])
-        for position, (crop, jitter) in enumerate(zip(crops, np.asarray(jitters)[ok])):
-            cv2.warpAffine(crop, (jitter @ to_centre)[:2], (self.image_size, self.image_size), dst=images[position],
+        matrices = (np.asarray(jitters)[ok] @ to_centre)[:, :2]
+        for crop, matrix, image in zip(crops, matrices, images):
+            cv2.warpAffine(crop, matrix, (self.image_size, self.image_size), dst=image,
                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return images, ok
 
     def _photometric(self, images: np.ndarray, rng: np.random.Generator) -> None:
-        """Random contrast (about each image's mean) and brightness, in place, saturating at 0 and 255."""
+        """Random contrast (about mid-grey) and brightness, in place, saturating at 0 and 255."""
         contrast = rng.uniform(0.75, 1.25, len(images))
-        brightness = rng.uniform(-25, 25, len(images))
-        for image, alpha, beta in zip(images, contrast, brightness):
-            mean = cv2.mean(image)[0:3]
-            cv2.convertScaleAbs(image, dst=image, alpha=alpha, beta=beta + (1 - alpha) * float(np.mean(mean)))
+        shift = rng.uniform(-25, 25, len(images)) + 128 * (1 - contrast)
+        for image, alpha, beta in zip(images, contrast, shift):
+            cv2.convertScaleAbs(image, dst=image, alpha=alpha, beta=beta)
 
     def _report_unreadable(self, path: str) -> None:
         with self.lock:
