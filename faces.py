@@ -8,6 +8,7 @@ crop around the face box with a margin.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def load_photo(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"{path}: empty file")
     Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, with a clearer message
     try:
-        with Image.open(path) as header:
+        with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
     except Exception:
         raise UserError(f"{path}: not an image this tool can read") from None

@@ -93,7 +93,7 @@ def model_card(args, table: pd.DataFrame, splits: dict, metrics: dict, parameter
         "inference": "outputs averaged over the framed face and its mirror image (predict.mirror_average)",
         "age_range": [0, 100],
         "architecture": {"width": args.width, "parameters": parameters},
-        "data": {"cache": str(args.cache), "rows": int(len(table)), "seed": args.seed,
+        "data": {"cache": Path(args.cache).name, "rows": int(len(table)), "seed": args.seed,
                  "split": {name: int(len(part)) for name, part in splits.items()}},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                      "gender_weight": args.gender_weight, "backend": keras.backend.backend()},

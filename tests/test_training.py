@@ -41,7 +41,8 @@ def test_model_outputs_and_age_arithmetic():
     one_hot = np.eye(AGE_BINS, dtype=np.float32)[[30, 0]]
     uniform = np.full((1, AGE_BINS), 1 / AGE_BINS, np.float32)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(expected_age(np.vstack([one_hot, uniform]))), [30, 0, 50], atol=1e-4)
-    losses = keras.ops.convert_to_numpy(age_distribution_loss(np.array([30.0, 30.0]), np.eye(AGE_BINS, dtype=np.float32)[[30, 60]] * 0.9 + 0.1 / AGE_BINS))
+    mostly_30_or_60 = np.eye(AGE_BINS, dtype=np.float32)[[30, 60]] * 0.9 + 0.1 / AGE_BINS
+    losses = keras.ops.convert_to_numpy(age_distribution_loss(np.array([30.0, 30.0]), mostly_30_or_60))
     assert losses[0] < losses[1]  # mass on the true age costs less than mass 30 years away
     metric = AgeMAE()
     metric.update_state(np.array([32.0, 0.0]), one_hot)
@@ -57,7 +58,9 @@ def test_split_is_reproducible_and_stratified(tmp_path):
     assert first["test"]["path"].tolist() != other["test"]["path"].tolist()
     assert [len(first[name]) for name in ("train", "val", "test")] == [1600, 200, 200]
     assert set().union(*(set(part["path"]) for part in first.values())) == set(table["path"])
-    strata = lambda part: pd.Series(age_band(part["age"]) * 2 + part["gender"]).value_counts(normalize=True)
+    def strata(part):
+        return pd.Series(age_band(part["age"]) * 2 + part["gender"]).value_counts(normalize=True)
+
     overall = strata(table)
     for part in first.values():
         assert (strata(part).reindex(overall.index, fill_value=0) - overall).abs().max() < 0.02
