@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from faces import FACE_TEMPLATE, LANDMARK_COLUMNS
+from build_cache import LANDMARK_COLUMNS
+from faces import FACE_TEMPLATE
 
 ROOT = Path(__file__).resolve().parent
 

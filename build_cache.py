@@ -12,14 +12,23 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.io
 from tqdm import tqdm
 
-from faces import BOX_COLUMNS, LANDMARK_COLUMNS, FaceDetector, read_training_image
 from utils import UserError, atomic_path, run_cli
+
+if TYPE_CHECKING:
+    from faces import FaceDetector
+
+BOX_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
+# YuNet's five landmarks in its own order (subject's right eye first, on the image's left)
+LANDMARK_COLUMNS = [
+    f"{part}_{axis}" for part in ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left") for axis in ("x", "y")
+]
 
 CACHE_COLUMNS = ["path", "age", "gender", *BOX_COLUMNS, "face_score"]
 MAT_FIELDS = ("dob", "photo_taken", "full_path", "gender", "face_location", "face_score", "second_face_score")
@@ -126,6 +135,10 @@ def add_landmarks(table: pd.DataFrame, root: Path, detector: FaceDetector) -> pd
     """Detect each image's face once. A face box from the metadata picks the face and is kept; images
     without one (UTKFace chips) take YuNet's box. Chips with no face are dropped: predict.py could not
     find them either, so they would teach a framing the model never sees."""
+    from faces import (
+        read_training_image,  # OpenCV is only needed here, not for the metadata
+    )
+
     landmarks = np.full((len(table), 10), np.nan)
     boxes = table[BOX_COLUMNS].to_numpy(np.float64).copy()
     scores = table["face_score"].to_numpy(np.float64).copy()
@@ -185,6 +198,8 @@ def main(argv=None) -> int:
         root = Path(args.root or Path(args.utkface).resolve().parent)
         table = rows_from_utkface(args.utkface, root)
     if args.detect:
+        from faces import FaceDetector
+
         detector = FaceDetector("yunet", args.detector_model)
         if detector.kind != "yunet":
             raise UserError("--detect needs the YuNet detector (its landmarks frame the faces)")

@@ -34,10 +34,6 @@ BOX_FRAMING = {
     "haar": {"margin": 0.1, "shift_y": 0.075},
     "metadata": {"margin": 0.4, "shift_y": 0.0},
 }
-LANDMARK_COLUMNS = [
-    f"{part}_{axis}" for part in ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left") for axis in ("x", "y")
-]
-BOX_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
 
 YUNET_FILE = "face_detection_yunet_2026may.onnx"
 YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
@@ -62,7 +58,9 @@ class Face:
 
 def load_photo(path: str | os.PathLike) -> np.ndarray:
     """Decode a user's photo to 8-bit BGR, upright per EXIF; raise UserError with the reason if it can't."""
-    from PIL import Image  # header-only read of the dimensions, before any pixels are decoded
+    from PIL import (
+        Image,  # header-only read of the dimensions, before any pixels are decoded
+    )
 
     path = Path(path)
     if not path.exists():
@@ -210,7 +208,9 @@ def find_yunet(model_path: str | None = None, download: bool = True) -> Path | N
         return YUNET_CACHE
     if not download:
         return None
-    from Dataset import download_file  # the project's one verified, resumable downloader
+    from Dataset import (
+        download_file,  # the project's one verified, resumable downloader
+    )
 
     try:
         download_file(YUNET_URL, YUNET_CACHE, sha256=YUNET_SHA256, retries=1, timeout_s=5, progress=False)

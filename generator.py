@@ -25,7 +25,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from faces import BOX_COLUMNS, LANDMARK_COLUMNS, Face, frame_face, jitter_matrices, read_training_image
+from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS
+from faces import Face, frame_face, jitter_matrices, read_training_image
 from utils import atomic_path
 
 PACK_CONTEXT = 1.25  # packed crops keep 25% more around the face, room for augmentation's shifts

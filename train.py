@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gender-weight", type=float, default=2.0,
                         help="gender loss weight next to age's 1 (default: 2.0)")
     parser.add_argument("--patience", type=int, default=15,
-                        help="early stopping patience in epochs; the cosine schedule's last epochs matter (default: 15)")
+                        help="early stopping patience in epochs; the cosine schedule's last epochs count "
+                             "(default: 15)")
     parser.add_argument("--seed", type=int, default=42,
                         help="seed for the split, weights and augmentation (default: 42)")
     parser.add_argument("--limit", type=int, help="use only this many rows (quick experiments)")

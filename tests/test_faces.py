@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import build_cache
+from build_cache import LANDMARK_COLUMNS
 from faces import (
     FACE_TEMPLATE,
-    LANDMARK_COLUMNS,
     Face,
     FaceDetector,
     frame_face,
