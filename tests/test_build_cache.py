@@ -109,3 +109,23 @@ def test_bad_mat_exits_2(tmp_path, capsys, content):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1
     assert out.read_text() == "earlier,cache\n"  # nothing on disk was touched
+
+
+def test_detection_inside_metadata_boxes(utkface_dir, yunet_path, tmp_path):
+    """IMDB-WIKI rows keep their own face box; --detect adds the landmarks of the face inside it."""
+    import cv2
+
+    from faces import FaceDetector
+
+    chips = sorted(utkface_dir.iterdir())[:2]
+    photo = np.full((300, 600, 3), 160, np.uint8)
+    for chip, x in zip(chips, (40, 360)):
+        photo[50:250, x:x + 200] = cv2.imread(str(chip))
+    cv2.imwrite(str(tmp_path / "two.png"), photo)
+    table = pd.DataFrame({"path": ["two.png", "two.png"], "age": [30, 40], "gender": [1, 0],
+                          "face_x1": [40.0, 360.0], "face_y1": [50.0, 50.0], "face_x2": [240.0, 560.0],
+                          "face_y2": [250.0, 250.0], "face_score": [3.0, 3.0]})
+    result = build_cache.add_landmarks(table, tmp_path, FaceDetector("yunet", str(yunet_path)))
+    assert result[build_cache.BOX_COLUMNS].values.tolist() == table[build_cache.BOX_COLUMNS].values.tolist()
+    for (_, row), left in zip(result.iterrows(), (40, 360)):  # each row's eyes lie inside its own box
+        assert left < row["right_eye_x"] < row["left_eye_x"] < left + 200 and 50 < row["right_eye_y"] < 250
