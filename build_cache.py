@@ -135,9 +135,7 @@ def add_landmarks(table: pd.DataFrame, root: Path, detector: FaceDetector) -> pd
     """Detect each image's face once. A face box from the metadata picks the face and is kept; images
     without one (UTKFace chips) take YuNet's box. Chips with no face are dropped: predict.py could not
     find them either, so they would teach a framing the model never sees."""
-    from faces import (
-        read_training_image,  # OpenCV is only needed here, not for the metadata
-    )
+    from faces import read_training_image  # OpenCV is only needed here, not for the metadata
 
     landmarks = np.full((len(table), 10), np.nan)
     boxes = table[BOX_COLUMNS].to_numpy(np.float64).copy()

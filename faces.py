@@ -58,9 +58,8 @@ class Face:
 
 def load_photo(path: str | os.PathLike) -> np.ndarray:
     """Decode a user's photo to 8-bit BGR, upright per EXIF; raise UserError with the reason if it can't."""
-    from PIL import (
-        Image,  # header-only read of the dimensions, before any pixels are decoded
-    )
+    # PIL reads only the header here: the dimensions are checked before any pixels are decoded.
+    from PIL import Image
 
     path = Path(path)
     if not path.exists():
@@ -208,9 +207,7 @@ def find_yunet(model_path: str | None = None, download: bool = True) -> Path | N
         return YUNET_CACHE
     if not download:
         return None
-    from Dataset import (
-        download_file,  # the project's one verified, resumable downloader
-    )
+    from Dataset import download_file  # the project's one verified, resumable downloader
 
     try:
         download_file(YUNET_URL, YUNET_CACHE, sha256=YUNET_SHA256, retries=1, timeout_s=5, progress=False)

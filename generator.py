@@ -101,7 +101,7 @@ def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, packed_pa
                          [0, 1 / PACK_CONTEXT, centre * (1 - 1 / PACK_CONTEXT)], [0, 0, 1]])
     valid = np.zeros(len(table), bool)
     records = table.to_dict("records")
-    with atomic_path(packed_path, suffix=".npy") as temp_path:
+    with atomic_path(packed_path) as temp_path:
         images = np.lib.format.open_memmap(temp_path, "w+", np.uint8, (len(table), packed_size, packed_size, 3))
 
         def pack_one(position: int) -> None:
@@ -112,7 +112,7 @@ def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, packed_pa
         with ThreadPoolExecutor(workers) as pool:
             list(tqdm(pool.map(pack_one, range(len(table))), total=len(table), desc="pack faces", unit="face"))
         images.flush()
-        with atomic_path(valid_path, suffix=".npy") as valid_temp_path:
+        with atomic_path(valid_path) as valid_temp_path:
             np.save(valid_temp_path, valid)
     print(f"packed {valid.sum()} faces into {packed_path} ({(~valid).sum()} unreadable)")
     return pack_faces(table, root, image_size, packed_path)

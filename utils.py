@@ -30,7 +30,7 @@ def run_cli(main_function, exit_code: int = 1) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to final_path; rename it into place only if the block succeeds.
 
     A crash, a full disk or an exception leaves any earlier file at final_path untouched.
@@ -38,7 +38,7 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=final_path.parent, prefix=f".{final_path.name}.",
-                                         suffix=suffix or final_path.suffix)
+                                         suffix=final_path.suffix)
     os.close(handle)
     temp_path = Path(temp_name)
     umask = os.umask(0)
