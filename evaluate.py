@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from generator import FaceDataset
-from utils import UserError, atomic_path, read_model_card, run_cli
+from model_card import read_card
+from utils import UserError, atomic_path, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
         raise UserError(f"{model_path}: no such model file")
     from build_cache import load_cache
 
-    card = read_model_card(model_path)
+    card = read_card(model_path)
     table = load_cache(args.cache)
     if args.split != "all":
         split_path = model_path.with_name("split.csv")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, atomic_path, read_model_card, run_cli
+from model_card import embed_in_onnx, read_card
+from utils import UserError, atomic_path, run_cli
 
 AGREEMENT_TOLERANCE = 1e-4
 
@@ -25,9 +26,9 @@ def export_onnx(model_path: str | Path) -> Path:
     if keras.backend.backend() != "tensorflow":
         raise UserError("ONNX export needs KERAS_BACKEND=tensorflow")
     model_path = Path(model_path)
-    size = read_model_card(model_path)["input"]["size"] if model_path.with_name("model.json").is_file() \
-        else keras.models.load_model(model_path).input_shape[1]
+    card = read_card(model_path)  # the ONNX file carries it, so prediction needs nothing beside it
     model = keras.models.load_model(model_path)
+    size = card["input"]["size"]
     faces = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
     expected = model.predict_on_batch(faces)  # also builds the model, which export needs
     onnx_path = model_path.with_suffix(".onnx")
@@ -40,6 +41,7 @@ def export_onnx(model_path: str | Path) -> Path:
             difference = float(np.abs(got[name] - np.asarray(expected[name])).max())
             if difference > AGREEMENT_TOLERANCE:
                 raise UserError(f"ONNX output '{name}' differs from Keras by {difference:.2g}")
+        embed_in_onnx(temp_path, card)
     print(f"exported {onnx_path} (agrees with Keras to {AGREEMENT_TOLERANCE})")
     return onnx_path
 

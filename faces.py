@@ -19,10 +19,9 @@ import numpy as np
 
 from utils import UserError
 
-# Where YuNet's five landmarks sit in a framed face, as fractions of its side (right eye, left eye,
-# nose tip, right and left mouth corner, subject's right on the image's left). These are the median
-# YuNet landmarks over UTKFace's aligned 200x200 chips, made left-right symmetric, so a framed face
-# looks like a UTKFace chip: the data the default model learns from.
+# Where YuNet's five landmarks sit in a tightly framed face, as fractions of its side (right eye, left
+# eye, nose tip, right and left mouth corner, subject's right on the image's left). These are the
+# median YuNet landmarks over UTKFace's aligned 200x200 chips, made left-right symmetric.
 FACE_TEMPLATE = np.array(
     [[0.3047, 0.2917], [0.6953, 0.2917], [0.5000, 0.5017], [0.3356, 0.6825], [0.6644, 0.6825]], dtype=np.float64
 )
@@ -34,6 +33,21 @@ BOX_FRAMING = {
     "haar": {"margin": 0.1, "shift_y": 0.075},
     "metadata": {"margin": 0.4, "shift_y": 0.0},
 }
+
+
+def make_framing(method: str = "landmarks", context: float = 1.0) -> dict:
+    """How faces are framed, as a model card records it. context > 1 zooms out from the tight,
+    chip-like crop so hair, ears and jaw line are in (1.25: the face takes 80% of the side).
+    method "box" ignores landmarks: for models trained on face boxes alone (IMDB-WIKI metadata)."""
+    if method not in ("landmarks", "box"):
+        raise ValueError(f"unknown framing method {method!r}")
+    template = 0.5 + (FACE_TEMPLATE - 0.5) / context
+    box_framing = {source: {"margin": (context * (1 + 2 * entry["margin"]) - 1) / 2, "shift_y": entry["shift_y"]}
+                   for source, entry in BOX_FRAMING.items()}
+    return {"method": method, "context": context, "template": template.round(6).tolist(), "box_framing": box_framing}
+
+
+DEFAULT_FRAMING = make_framing()
 
 YUNET_FILE = "face_detection_yunet_2026may.onnx"
 YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
@@ -112,10 +126,11 @@ def list_images(paths: list[str]) -> list[str]:
 
 # --- framing ------------------------------------------------------------------------------------
 
-def similarity_from_landmarks(landmarks: np.ndarray, size: int) -> np.ndarray:
+def similarity_from_landmarks(landmarks: np.ndarray, size: int, template: np.ndarray = FACE_TEMPLATE) -> np.ndarray:
     """2x3 least-squares similarity (rotation, scale, shift; no reflection) taking landmarks to the template."""
+    template = np.asarray(template, np.float64)
     source = landmarks[:, 0] + 1j * landmarks[:, 1]
-    target = (FACE_TEMPLATE[:, 0] + 1j * FACE_TEMPLATE[:, 1]) * size
+    target = (template[:, 0] + 1j * template[:, 1]) * size
     source_centred, target_centred = source - source.mean(), target - target.mean()
     rotation_scale = np.vdot(source_centred, target_centred) / np.vdot(source_centred, source_centred)
     shift = target.mean() - rotation_scale * source.mean()
@@ -152,16 +167,18 @@ def jitter_matrices(rng: np.random.Generator, count: int, size: int, scale: floa
     return matrices
 
 
-def frame_face(image: np.ndarray, face: Face, size: int, jitter: np.ndarray | None = None,
-               box_framing: dict | None = None) -> np.ndarray:
+def frame_face(image: np.ndarray, face: Face, size: int, framing: dict | None = None,
+               jitter: np.ndarray | None = None) -> np.ndarray:
     """The model's view of one face: a size x size BGR crop, padded by edge replication at borders.
 
-    box_framing overrides BOX_FRAMING (a model card may carry its own margins).
+    framing (from the model card; default DEFAULT_FRAMING) gives the landmark template and the box
+    margins; with method "box" the landmarks are not used.
     """
-    if face.landmarks is not None:
-        matrix = similarity_from_landmarks(np.asarray(face.landmarks, np.float64), size)
+    framing = framing or DEFAULT_FRAMING
+    if face.landmarks is not None and framing["method"] == "landmarks":
+        matrix = similarity_from_landmarks(np.asarray(face.landmarks, np.float64), size, framing["template"])
     else:
-        matrix = similarity_from_box(face.box, size, (box_framing or BOX_FRAMING)[face.box_source])
+        matrix = similarity_from_box(face.box, size, framing["box_framing"][face.box_source])
     if jitter is not None:
         matrix = (jitter @ np.vstack([matrix, [0, 0, 1]]))[:2]
     scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))

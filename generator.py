@@ -60,7 +60,7 @@ def frame_row(row, root: Path, size: int, jitter: np.ndarray | None = None) -> n
     elif factor != 1:
         face.box = tuple(v / factor for v in face.box)
         face.landmarks = None if face.landmarks is None else face.landmarks / factor
-    return frame_face(image, face, size, jitter)
+    return frame_face(image, face, size, jitter=jitter)
 
 
 def age_band(age_years: np.ndarray) -> np.ndarray:

@@ -26,8 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faces import BOX_FRAMING, Face, FaceDetector, frame_face, list_images, load_photo
-from utils import UserError, atomic_path, read_model_card, run_cli
+from faces import Face, FaceDetector, frame_face, list_images, load_photo
+from model_card import open_onnx_session, read_card
+from utils import UserError, atomic_path, run_cli
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
@@ -63,36 +64,23 @@ class AgeGenderPredictor:
 
     def __init__(self, model_path: str | Path = DEFAULT_MODEL, detector: str = "yunet",
                  detector_model: str | None = None, min_face: int = 0):
-        import onnxruntime
-
         model_path = Path(model_path)
         if not model_path.is_file():
             raise UserError(f"model {model_path} not found")
-        self.card = read_model_card(model_path)
-        try:
-            self.size = int(self.card["input"]["size"])
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3
-            self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:
-            raise UserError(f"cannot load model {model_path}: {str(error).splitlines()[0][:200]}") from None
+        self.session = open_onnx_session(model_path)
+        self.card = read_card(model_path, self.session)  # framing and detector threshold come from here
+        self.size = self.card["input"]["size"]
+        self.framing = self.card["framing"]
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
-        framing = self.card.get("framing", {})
-        # Models framed without landmarks (older cards) get box crops with their own margins.
-        self.use_landmarks = framing.get("method", "").startswith("similarity")
-        self.box_framing = {**BOX_FRAMING, **framing.get("box_framing", {})}
-        self.detector = None if detector == "none" else FaceDetector(detector, detector_model, min_face=min_face)
+        self.detector = None if detector == "none" else FaceDetector(
+            detector, detector_model, score_threshold=self.card["detector"]["score_threshold"], min_face=min_face)
 
     def find_faces(self, image: np.ndarray) -> list[Face]:
         if self.detector is None:
             height, width = image.shape[:2]
             return [Face((0.0, 0.0, float(width), float(height)), None, 1.0, "yunet")]
-        faces = self.detector.detect(image)
-        if not self.use_landmarks:
-            for face in faces:
-                face.landmarks = None
-        return faces
+        return self.detector.detect(image)
 
     def predict_faces(self, crops: np.ndarray) -> list[dict]:
         """Age and gender for framed face crops (N x size x size x 3, BGR uint8)."""
@@ -115,7 +103,7 @@ class AgeGenderPredictor:
     def frame(self, image: np.ndarray) -> tuple[list[Face], np.ndarray]:
         """The faces in an image and their crops, framed as the model was trained."""
         faces = self.find_faces(image)
-        crops = [frame_face(image, face, self.size, box_framing=self.box_framing) for face in faces]
+        crops = [frame_face(image, face, self.size, self.framing) for face in faces]
         return faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
 
     def predict_many(self, images: list[np.ndarray]) -> list[list[dict]]:

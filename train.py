@@ -22,9 +22,10 @@ import pandas as pd
 
 from backbone import AgeMAE, age_distribution_loss, build_model
 from build_cache import load_cache
-from faces import BOX_FRAMING, DETECTION_SCORE, FACE_TEMPLATE
+from faces import DETECTION_SCORE, make_framing
 from generator import FaceDataset, pack_faces, split_table
-from utils import UserError, atomic_path, run_cli, write_json
+from model_card import FORMAT_VERSION, write_card
+from utils import UserError, atomic_path, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,14 +83,13 @@ def distribution_scope(strategy: str):
 
 def model_card(args, table: pd.DataFrame, splits: dict, metrics: dict, parameters: int) -> dict:
     return {
+        "format_version": FORMAT_VERSION,
         "name": Path(args.out).name,
         "task": "age (years, 0-100) and gender (P(male)) from one face",
         "input": {"size": args.image_size, "colour_order": "BGR", "dtype": "float32",
                   "scaling": "raw 0-255 pixels; the model rescales to [-1, 1] itself"},
-        "framing": {"method": "similarity transform putting YuNet's five landmarks on the template; "
-                              "without landmarks a square box crop", "detector": "yunet",
-                    "score_threshold": DETECTION_SCORE, "template": FACE_TEMPLATE.round(4).tolist(),
-                    "box_framing": BOX_FRAMING},
+        "framing": make_framing(),
+        "detector": {"name": "yunet", "score_threshold": DETECTION_SCORE},
         "outputs": {"age": "softmax over ages 0..100; age = expected value", "gender": "P(male), sigmoid"},
         "inference": "outputs averaged over the framed face and its mirror image (predict.mirror_average)",
         "age_range": [0, 100],
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     unreadable = sorted(set().union(*(d.unreadable for d in datasets.values())))
     if unreadable:
         print(f"skipped {len(unreadable)} unreadable images, e.g. {unreadable[0]}")
-    write_json(out / "model.json", model_card(args, table, splits, metrics, best.count_params()))
+    write_card(out, model_card(args, table, splits, metrics, best.count_params()))
     print(json.dumps(metrics, indent=2))
     if keras.backend.backend() == "tensorflow":
         from export import export_onnx

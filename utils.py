@@ -1,13 +1,17 @@
-"""Small helpers every script shares: one-line user errors, atomic writes, the model card."""
+"""Small helpers every script shares: one-line user errors, argument checks, safe and atomic writes."""
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import json
+import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 
 class UserError(Exception):
@@ -20,13 +24,119 @@ def fail(message: str, exit_code: int = 1) -> NoReturn:
 
 
 def run_cli(main_function, exit_code: int = 1) -> None:
-    """Run a script's main(); a UserError or Ctrl-C ends it with one line instead of a traceback."""
+    """Run a script's main(); every failure ends in one line and a non-zero exit, never a traceback.
+
+    UserError is the expected kind. A disk or permission problem becomes "cannot write ...". Anything
+    else is a bug of ours: one line as well, and the traceback only with AGE_GENDER_DEBUG=1.
+    """
     try:
         raise SystemExit(main_function())
     except UserError as error:
         fail(str(error), exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except MemoryError:
+        fail("out of memory: try fewer or smaller inputs (or a smaller --batch-size)", exit_code)
+    except OSError as error:
+        fail(describe_os_error(error), exit_code)
+    except Exception as error:  # a bug: still one line for the user
+        if os.environ.get("AGE_GENDER_DEBUG"):
+            raise
+        message = str(error).splitlines()[0][:300] if str(error) else ""
+        fail(f"unexpected {type(error).__name__}: {message} (set AGE_GENDER_DEBUG=1 for details and report it)",
+             exit_code)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do about a full disk."""
+    where = f" {error.filename}" if error.filename else ""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device{where}: free some space and run again"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {error.strerror} (choose another output location)"
+    return f"{error.strerror or error}{':' + where if where else ''}"
+
+
+# --- argument types (argparse reports a bad value as one line and exits 2) ---------------------
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_between(low: float, high: float = math.inf, low_inclusive: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = value < low if low_inclusive else value <= low
+        if not math.isfinite(value) or too_low or value > high:
+            bound = ">=" if low_inclusive else ">"
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number {bound} {low}"
+                                             + (f" and <= {high}" if math.isfinite(high) else ""))
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_at_least(1)
+positive_float = float_between(0.0, low_inclusive=False)
+
+
+def sha256_hex(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 (64 hexadecimal digits)")
+    return text.lower()
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows every default."""
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+def check_output_file(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output path that would overwrite an input or that cannot be a file; return it as a Path."""
+    output = Path(output)
+    if output.is_dir():
+        raise UserError(f"{output} is a folder: give a file name for the output")
+    for parent in output.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"cannot write {output}: {parent} is a file, not a folder")
+    for source in inputs:
+        if source is not None and same_file(output, source):
+            raise UserError(f"refusing to overwrite the input {source} with an output: choose another path")
+    return output
+
+
+def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """True when both paths name one file (the same path, a link to it, or a hard link)."""
+    first, second = Path(first), Path(second)
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return first.resolve() == second.resolve()
+
+
+def unique_path(path: Path, taken: set[Path]) -> Path:
+    """path, or path with _2, _3 ... before its suffix when an earlier output of this run took it."""
+    candidate, number = path, 1
+    while candidate in taken:
+        number += 1
+        candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
+    taken.add(candidate)
+    return candidate
 
 
 @contextlib.contextmanager
@@ -53,15 +163,20 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as temp_path:
-        temp_path.write_text(json.dumps(data, indent=2) + "\n")
+        temp_path.write_text(finite_json(data, indent=2) + "\n")
 
 
-def read_model_card(model_path: str | os.PathLike) -> dict:
-    """The card (`model.json`) that sits next to a model file: input size, framing, preprocessing."""
-    card_path = Path(model_path).with_name("model.json")
-    if not card_path.is_file():
-        raise UserError(f"no model card {card_path} next to {model_path}")
-    try:
-        return json.loads(card_path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read model card {card_path}: {error}") from None
+def json_safe(value: Any) -> Any:
+    """value with NaN and infinities (never valid JSON) replaced by None, at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def finite_json(data: Any, **dumps_options) -> str:
+    """JSON text that any parser accepts (no NaN or Infinity)."""
+    return json.dumps(json_safe(data), allow_nan=False, **dumps_options)

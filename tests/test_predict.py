@@ -180,20 +180,27 @@ def test_in_the_wild_evaluation_finds_and_scores_faces(utkface_dir, yunet_path, 
     assert metrics["gender_accuracy"] >= 0.75 and metrics["age_mae"] < 10
 
 
-def test_a_card_without_landmark_framing_uses_box_crops(composite, yunet_path, tmp_path):
-    """Models framed another way (an older card with only box margins) still load and predict."""
+def test_a_box_framed_model_is_served_box_crops_from_its_own_card(composite, yunet_path, tmp_path):
+    """The ONNX file's embedded card decides the framing: a box-framed model never gets landmark crops."""
     import shutil
 
-    model_dir = tmp_path / "older"
-    shutil.copytree(SHIPPED.parent, model_dir)
-    card = json.loads((model_dir / "model.json").read_text())
-    card["framing"] = {"box_framing": {"yunet": {"margin": 0.2, "shift_y": 0.0}}}
-    (model_dir / "model.json").write_text(json.dumps(card))
-    predictor = predict.AgeGenderPredictor(model_dir / "model.onnx")
-    assert not predictor.use_landmarks and predictor.box_framing["yunet"]["margin"] == 0.2
-    faces, crops = predictor.frame(cv2.imread(str(composite[0])))
-    assert len(faces) == 4 and all(face.landmarks is None for face in faces)
-    assert len(predictor.predict(cv2.imread(str(composite[0])))) == 4
+    from faces import frame_face, make_framing
+    from model_card import embed_in_onnx, read_card
+
+    model_path = tmp_path / "box" / "model.onnx"
+    model_path.parent.mkdir()
+    shutil.copy(SHIPPED, model_path)
+    card = read_card(SHIPPED)
+    card["framing"] = make_framing("box", context=1.2)
+    embed_in_onnx(model_path, card)
+    predictor = predict.AgeGenderPredictor(model_path)
+    image = cv2.imread(str(composite[0]))
+    faces, crops = predictor.frame(image)
+    assert len(faces) == 4 and all(face.landmarks is not None for face in faces)  # YuNet found them ...
+    for face, crop in zip(faces, crops):  # ... but the crops are the box framing the card names
+        face.landmarks = None
+        np.testing.assert_array_equal(crop, frame_face(image, face, predictor.size, make_framing("box", 1.2)))
+    assert len(predictor.predict(image)) == 4
 
 
 def test_huge_photo_is_detected_downscaled_with_boxes_in_its_own_pixels(composite, yunet_path):
