@@ -63,7 +63,7 @@ def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
     ages, predicted, genders, male_probs = [], [], [], []
     for index in range(len(dataset)):
-        images, targets = dataset[index]
+        images, targets, _ = dataset[index]
         if not len(images):
             continue
         outputs = mirror_average(run, images)

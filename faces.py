@@ -168,42 +168,56 @@ def jitter_matrices(rng: np.random.Generator, count: int, size: int, scale: floa
 
 
 def frame_face(image: np.ndarray, face: Face, size: int, framing: dict | None = None,
-               jitter: np.ndarray | None = None) -> np.ndarray:
-    """The model's view of one face: a size x size BGR crop, padded by edge replication at borders.
+               jitter: np.ndarray | None = None, canvas: int | None = None) -> np.ndarray:
+    """The model's view of one face: a size x size BGR crop (canvas x canvas when given: the same
+    framing on a larger canvas, for jitter to be applied later). Parts outside the photo are mirrored
+    in, which looks like more of the scene rather than a tell-tale smear.
 
     framing (from the model card; default DEFAULT_FRAMING) gives the landmark template and the box
     margins; with method "box" the landmarks are not used.
     """
-    framing = framing or DEFAULT_FRAMING
-    if face.landmarks is not None and framing["method"] == "landmarks":
-        matrix = similarity_from_landmarks(np.asarray(face.landmarks, np.float64), size, framing["template"])
-    else:
-        matrix = similarity_from_box(face.box, size, framing["box_framing"][face.box_source])
+    matrix = framing_matrix(face, size, framing)
     if jitter is not None:
         matrix = (jitter @ np.vstack([matrix, [0, 0, 1]]))[:2]
+    canvas = canvas or size
     scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
     if scale < 0.5:
         # Shrinking more than 2x in one warp aliases: halve the face's neighbourhood first.
-        image, matrix = _halve_around_crop(image, matrix, size, halvings=int(np.ceil(np.log2(0.5 / scale))))
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        image, matrix = _halve_around_crop(image, matrix, canvas, halvings=int(np.ceil(np.log2(0.5 / scale))))
+    return cv2.warpAffine(image, matrix, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def _halve_around_crop(image: np.ndarray, matrix: np.ndarray, size: int, halvings: int):
+def framing_matrix(face: Face, size: int, framing: dict | None = None) -> np.ndarray:
+    """The 2x3 similarity from photo pixels to the size x size framed face."""
+    framing = framing or DEFAULT_FRAMING
+    if face.landmarks is not None and framing["method"] == "landmarks":
+        return similarity_from_landmarks(np.asarray(face.landmarks, np.float64), size, framing["template"])
+    return similarity_from_box(face.box, size, framing["box_framing"][face.box_source])
+
+
+def _halve_around_crop(image: np.ndarray, matrix: np.ndarray, canvas: int, halvings: int):
     """Crop the region the output covers and halve it `halvings` times with a Gaussian pyramid
-    (cheap, and free of aliasing); return it with the matrix that now maps it to the output."""
+    (cheap, and free of aliasing); return it with the matrix that now maps it to the output.
+
+    The region starts on a multiple of 2**halvings and keeps a generous border, so the pyramid samples
+    the same photo pixels whatever the canvas: a face framed on a larger canvas holds exactly the
+    face framed alone (the packed training cache relies on it)."""
+    step = 2 ** halvings
     inverse = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ inverse.T
+    corners = np.array([[0, 0, 1], [canvas, 0, 1], [0, canvas, 1], [canvas, canvas, 1]], np.float64) @ inverse.T
     height, width = image.shape[:2]
-    x0, y0 = np.clip(np.floor(corners.min(0)) - 2, 0, [width - 1, height - 1]).astype(int)
-    x1, y1 = np.clip(np.ceil(corners.max(0)) + 2, [x0 + 1, y0 + 1], [width, height]).astype(int)
+    border = 4 * step
+    x0, y0 = (np.floor((corners.min(0) - border) / step) * step).astype(int)
+    x0, y0 = min(max(x0, 0), (width - 1) // step * step), min(max(y0, 0), (height - 1) // step * step)
+    x1, y1 = np.ceil(corners.max(0) + border).astype(int)
+    x1, y1 = min(max(x1, x0 + 1), width), min(max(y1, y0 + 1), height)
     shrunk = image[y0:y1, x0:x1]
-    for _ in range(halvings):
-        if min(shrunk.shape[:2]) < 2:
-            break
+    done = 0
+    while done < halvings and min(shrunk.shape[:2]) >= 2:
         shrunk = cv2.pyrDown(shrunk)
-    scale_x, scale_y = (x1 - x0) / shrunk.shape[1], (y1 - y0) / shrunk.shape[0]
-    # output = matrix @ source, source = (x0, y0) + diag(scale) @ shrunk pixel
-    to_source = np.array([[scale_x, 0, x0], [0, scale_y, y0], [0, 0, 1]])
+        done += 1
+    # pyrDown's pixel i is centred on its input's pixel 2i: source = (x0, y0) + 2**done * shrunk pixel
+    to_source = np.array([[2 ** done, 0, x0], [0, 2 ** done, y0], [0, 0, 1]], np.float64)
     return shrunk, matrix @ to_source
 
 

@@ -1,18 +1,23 @@
 """Training data: a keras.utils.PyDataset of framed faces with age and gender targets.
 
     table = build_cache.load_cache("data/utkface.csv")
-    splits = split_table(table, seed=42)                      # stratified train / val / test
+    splits = split_table(table, seed=42)                      # train / val / test, by person or by image
     train = FaceDataset(splits["train"], "data", image_size=96, augment=True)
     packed = pack_faces(table, "data", image_size=96)         # optional one-time crop cache
     train = FaceDataset(splits["train"], "data", 96, augment=True, packed=packed)
 
 Each face is framed by faces.frame_face, exactly as predict.py frames it. With `packed`, crops come
-from a memory-mapped uint8 array (framed once with a 25% wider context) and augmentation happens on
-those small crops, so loading never holds a GPU back.
+from a memory-mapped uint8 array (framed once on a larger canvas) and augmentation works on those
+small crops, so loading never holds a GPU back.
+
+A row may lack a label (LFW has no ages): its target is 0 and its sample weight for that output is 0,
+so the loss and the metrics ignore it. Several sources (a `source` column, a `root` column for each
+row's folder) are sampled with weights: each epoch draws rows so that each source takes its share.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,36 +27,49 @@ import cv2
 import keras
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS
-from faces import Face, frame_face, jitter_matrices, read_training_image
-from utils import atomic_path
+from faces import DEFAULT_FRAMING, Face, frame_face, framing_matrix, jitter_matrices, read_training_image
+from utils import UserError, atomic_path
 
-PACK_CONTEXT = 1.25  # packed crops keep 25% more around the face, room for augmentation's shifts
+PACK_MARGIN = 0.125  # packed crops keep this share of the side around the face on each side, for jitter
+PACK_FORMAT = 2  # bump when the way crops are packed changes: older packed files are not reused
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+AGE_BAND_EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]  # nine bands: 0-2, 3-9, 10-19, ..., 60-69, 70+
+BOX_FRAMING_SHARE = 0.2  # share of training faces framed by their box (no landmarks): Haar and metadata paths
 
 
 def face_of_row(row) -> Face:
     """The face to frame for one cache row: landmarks if present, else its box, else the whole image."""
     landmarks = np.array([row[c] for c in LANDMARK_COLUMNS], np.float64)
     x1, y1, x2, y2 = (row[c] for c in BOX_COLUMNS)
-    has_box = not np.isnan(x1)
+    has_landmarks = not np.isnan(landmarks).any()
+    box_source = row.get("box_source")
+    if not isinstance(box_source, str):  # detected boxes come with landmarks; others are the dataset's own
+        box_source = "yunet" if has_landmarks else "metadata"
     return Face(
-        box=(x1, y1, x2 - x1, y2 - y1) if has_box else (np.nan,) * 4,
-        landmarks=None if np.isnan(landmarks).any() else landmarks.reshape(5, 2),
+        box=(x1, y1, x2 - x1, y2 - y1) if not np.isnan(x1) else (np.nan,) * 4,
+        landmarks=landmarks.reshape(5, 2) if has_landmarks else None,
         score=row["face_score"],
-        box_source="yunet" if not np.isnan(landmarks).any() else "metadata",
+        box_source=box_source,
     )
 
 
-def frame_row(row, root: Path, size: int, jitter: np.ndarray | None = None) -> np.ndarray | None:
+def image_path_of_row(row, root: str | Path) -> Path:
+    """A row's image: under its own `root` column when the table mixes sources, else under root."""
+    row_root = row.get("root")
+    return Path(row_root if isinstance(row_root, str) and row_root else root) / row["path"]
+
+
+def frame_row(row, root: str | Path, size: int, framing: dict | None = None, jitter: np.ndarray | None = None,
+              canvas: int | None = None) -> np.ndarray | None:
     """Read one cache row's image and frame its face; None if the image is missing or corrupt."""
     face = face_of_row(row)
     has_box = not np.isnan(face.box[0])
     # JPEGs decode reduced only while the face keeps at least twice the output size.
-    image, factor = read_training_image(root / row["path"], max(face.box[2:]) / (2 * size) if has_box else 1)
+    image, factor = read_training_image(image_path_of_row(row, root),
+                                        max(face.box[2:]) / (2 * size) if has_box else 1)
     if image is None:
         return None
     if not has_box:  # the image is the face (an aligned set without detection): frame it whole
@@ -60,116 +78,180 @@ def frame_row(row, root: Path, size: int, jitter: np.ndarray | None = None) -> n
     elif factor != 1:
         face.box = tuple(v / factor for v in face.box)
         face.landmarks = None if face.landmarks is None else face.landmarks / factor
-    return frame_face(image, face, size, jitter=jitter)
+    return frame_face(image, face, size, framing, jitter, canvas)
 
 
-def age_band(age_years: np.ndarray) -> np.ndarray:
-    return np.minimum(np.asarray(age_years) // 10, 8)  # decades, 80+ together
+def age_band(age_years) -> np.ndarray:
+    """Index of the age band (AGE_BAND_EDGES) of each age; -1 where the age is unknown."""
+    ages = np.asarray(age_years, np.float64)
+    bands = np.searchsorted(AGE_BAND_EDGES, np.nan_to_num(ages, nan=0.0), side="right") - 1
+    return np.where(np.isnan(ages), -1, bands)
 
 
-def split_table(table: pd.DataFrame, seed: int = 42) -> dict[str, pd.DataFrame]:
-    """Reproducible train/val/test split, stratified by age decade and gender."""
-    table = table.reset_index(drop=True)  # positions and labels agree below
-    strata = age_band(table["age"]) * 2 + table["gender"].to_numpy()
-    counts = pd.Series(strata).value_counts()
-    strata = np.where(counts[strata].to_numpy() >= 10, strata, -1)  # tiny strata pooled so sklearn can split
-    train, rest = train_test_split(table, test_size=1 - SPLIT_FRACTIONS["train"], random_state=seed, stratify=strata)
-    rest_strata = strata[rest.index]
-    if pd.Series(rest_strata).value_counts().min() < 2:
-        rest_strata = None
-    val, test = train_test_split(rest, test_size=0.5, random_state=seed, stratify=rest_strata)
-    return {"train": train, "val": val, "test": test}
+def group_keys(table: pd.DataFrame) -> pd.Series:
+    """What must never be split across train and test: the person where the source names one, else
+    the image's content (duplicates travel together), else its path."""
+    source = table["source"].fillna("") if "source" in table else pd.Series("", index=table.index)
+    key = table["path"].astype(str)
+    for column in ("content_hash", "group"):  # later columns win: identity beats content
+        if column in table:
+            known = table[column].notna() & (table[column].astype(str) != "")
+            key = key.where(~known, column + ":" + table[column].astype(str))
+    return source.astype(str) + "|" + key
 
 
-def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, packed_path: str | Path | None = None,
-               workers: int = 2) -> dict:
-    """Frame every row once into a uint8 array on disk (memory-mapped); reused while the rows match."""
-    root = Path(root)
-    packed_size = round(image_size * PACK_CONTEXT)
-    # The file name carries a hash of the rows and their faces: a rebuilt cache never reads stale crops.
-    rows_hash = pd.util.hash_pandas_object(table[["path", *BOX_COLUMNS, *LANDMARK_COLUMNS]], index=False)
-    key = hashlib.sha256(rows_hash.to_numpy().tobytes() + str(image_size).encode()).hexdigest()[:16]
-    packed_path = Path(packed_path or root / f"packed_{image_size}_{key}.npy")
+def split_table(table: pd.DataFrame, seed: int = 42, fractions: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Reproducible train/val/test split by group (person or image content), stratified by source,
+    age band and gender. Every fraction is honoured up to whole groups; any table of 3 or more groups
+    gets non-empty val and test splits."""
+    fractions = fractions or SPLIT_FRACTIONS
+    names = list(fractions)
+    bounds = np.cumsum([fractions[name] for name in names])
+    table = table.reset_index(drop=True)
+    gender = table["gender"].fillna(-1).to_numpy()
+    source = table["source"].fillna("").astype(str) if "source" in table else ""
+    stratum = source + ":" + pd.Series(age_band(table["age"]) * 3 + gender, index=table.index).astype(str)
+    groups = pd.DataFrame({"key": group_keys(table), "stratum": stratum}).groupby("key", sort=True)
+    group_frame = groups.agg(stratum=("stratum", "first"), rows=("stratum", "size"))
+    rng = np.random.default_rng(seed)
+    assignment = pd.Series(0, index=group_frame.index)
+    for _, members in group_frame.groupby("stratum", sort=True):
+        members = members.iloc[rng.permutation(len(members))]
+        cumulative = members["rows"].cumsum() / members["rows"].sum()
+        midpoints = cumulative - members["rows"] / members["rows"].sum() / 2
+        assignment[members.index] = np.minimum(np.searchsorted(bounds, midpoints.to_numpy(), side="right"),
+                                               len(names) - 1)
+    for position in range(1, len(names)):  # tiny tables: take a group from train for an empty split
+        if not (assignment == position).any() and (assignment == 0).sum() > 1:
+            assignment[rng.choice(assignment.index[assignment == 0])] = position
+    row_split = group_keys(table).map(assignment).to_numpy()
+    return {name: table[row_split == position] for position, name in enumerate(names)}
+
+
+def packed_size_for(image_size: int) -> int:
+    return image_size + 2 * int(np.ceil(image_size * PACK_MARGIN))
+
+
+def pack_key(table: pd.DataFrame, image_size: int, framing: dict) -> str:
+    """A hash of everything that shapes a packed crop: rows, faces, framing, sizes and the format."""
+    columns = [c for c in ("root", "path", "box_source", *BOX_COLUMNS, *LANDMARK_COLUMNS) if c in table]
+    rows_hash = pd.util.hash_pandas_object(table[columns], index=False).to_numpy().tobytes()
+    settings = json.dumps({"size": image_size, "packed": packed_size_for(image_size), "framing": framing,
+                           "format": PACK_FORMAT}, sort_keys=True).encode()
+    return hashlib.sha256(rows_hash + settings).hexdigest()[:16]
+
+
+def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, framing: dict | None = None,
+               packed_path: str | Path | None = None, workers: int = 2) -> dict:
+    """Frame every row once into a uint8 array on disk (memory-mapped); reused while nothing changed.
+
+    Each crop is the face framed at image_size, centred on a canvas PACK_MARGIN wider on each side:
+    its centre is exactly what frame_face gives at image_size."""
+    root, framing = Path(root), framing or DEFAULT_FRAMING
+    packed_size = packed_size_for(image_size)
+    margin = (packed_size - image_size) // 2
+    packed_path = Path(packed_path or root / f"packed_{image_size}_{pack_key(table, image_size, framing)}.npy")
     valid_path = packed_path.with_suffix(".valid.npy")
+    index = {(row_root, path): i for i, (row_root, path) in enumerate(_row_ids(table))}
     if packed_path.is_file() and valid_path.is_file():
-        return {"images": np.load(packed_path, mmap_mode="r"), "valid": np.load(valid_path),
-                "index": {p: i for i, p in enumerate(table["path"])}}
-    # Framed at the packed size with the face shrunk by PACK_CONTEXT, the centre image_size pixels
-    # are exactly the face as frame_face gives it at image_size.
-    centre = packed_size / 2
-    zoom_out = np.array([[1 / PACK_CONTEXT, 0, centre * (1 - 1 / PACK_CONTEXT)],
-                         [0, 1 / PACK_CONTEXT, centre * (1 - 1 / PACK_CONTEXT)], [0, 0, 1]])
+        return {"images": np.load(packed_path, mmap_mode="r"), "valid": np.load(valid_path), "index": index}
+    to_canvas = np.array([[1, 0, margin], [0, 1, margin], [0, 0, 1]], np.float64)
     valid = np.zeros(len(table), bool)
     records = table.to_dict("records")
     with atomic_path(packed_path) as temp_path:
         images = np.lib.format.open_memmap(temp_path, "w+", np.uint8, (len(table), packed_size, packed_size, 3))
 
         def pack_one(position: int) -> None:
-            crop = frame_row(records[position], root, packed_size, zoom_out)
+            crop = frame_row(records[position], root, image_size, framing, to_canvas, canvas=packed_size)
             if crop is not None:
                 images[position], valid[position] = crop, True
 
         with ThreadPoolExecutor(workers) as pool:
             list(tqdm(pool.map(pack_one, range(len(table))), total=len(table), desc="pack faces", unit="face"))
         images.flush()
+        del images
         with atomic_path(valid_path) as valid_temp_path:
             np.save(valid_temp_path, valid)
     print(f"packed {valid.sum()} faces into {packed_path} ({(~valid).sum()} unreadable)")
-    return pack_faces(table, root, image_size, packed_path)
+    return pack_faces(table, root, image_size, framing, packed_path)
+
+
+def _row_ids(table: pd.DataFrame) -> list[tuple[str, str]]:
+    roots = table["root"].fillna("").astype(str) if "root" in table else [""] * len(table)
+    return list(zip(roots, table["path"].astype(str)))
 
 
 class FaceDataset(keras.utils.PyDataset):
-    """Batches of (BGR uint8 images, {"age": years, "gender": 1 = male}) from cache rows; the model scales."""
+    """Batches of (BGR uint8 images, {"age": years, "gender": 1 = male}, {"age": w, "gender": w}) from cache
+    rows; a weight is 0 where the label is unknown. The model scales pixels itself."""
 
     def __init__(self, table: pd.DataFrame, root: str | Path, image_size: int, batch_size: int = 64,
-                 augment: bool = False, seed: int = 42, packed: dict | None = None, workers: int = 2, **kwargs):
+                 augment: bool = False, seed: int = 42, packed: dict | None = None, workers: int = 2,
+                 framing: dict | None = None, epoch: int = 0, source_weights: dict[str, float] | None = None,
+                 **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.table, self.root = table.reset_index(drop=True), Path(root)
+        if self.table.empty:
+            raise UserError("no faces to train or validate on (the split is empty)")
         self.records = self.table.to_dict("records")  # plain dicts: far cheaper per sample than DataFrame rows
         self.image_size, self.batch_size, self.augment, self.packed = image_size, batch_size, augment, packed
-        self.seed, self.epoch = seed, 0
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(self.table)) if augment else np.arange(len(self.table))
+        self.framing = framing or DEFAULT_FRAMING
+        self.seed, self.epoch = seed, epoch
+        self.sampling = sampling_probabilities(self.table, source_weights) if augment else None
+        self.order = self._order_for_epoch()
         self.unreadable: set[str] = set()
         self.lock = threading.Lock()
-        self.ages = self.table["age"].to_numpy(np.float32)
-        self.genders = self.table["gender"].to_numpy(np.float32)
+        ages = self.table["age"].to_numpy(np.float32)
+        genders = self.table["gender"].to_numpy(np.float32)
+        self.ages, self.age_known = np.nan_to_num(ages), (~np.isnan(ages)).astype(np.float32)
+        self.genders, self.gender_known = np.nan_to_num(genders), (~np.isnan(genders)).astype(np.float32)
         if packed is not None:
-            self.packed_rows = np.array([packed["index"][p] for p in self.table["path"]])
+            self.packed_rows = np.array([packed["index"][row_id] for row_id in _row_ids(self.table)])
+            self.box_relative = self._box_relative_matrices() if augment else None
 
     def __len__(self) -> int:
         return int(np.ceil(len(self.table) / self.batch_size))
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
-        if self.augment:
-            self.order = self.rng.permutation(len(self.table))
+        self.order = self._order_for_epoch()
+
+    def _order_for_epoch(self) -> np.ndarray:
+        """Training rows drawn afresh for each epoch, from (seed, epoch) alone: a resumed run at epoch k
+        sees what an uninterrupted run sees at epoch k. Evaluation keeps the table's order."""
+        if self.sampling is None:
+            return np.arange(len(self.table))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.choice(len(self.table), size=len(self.table), replace=True, p=self.sampling)
 
     def __getitem__(self, index: int):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])  # reproducible whatever the worker order
-        jitters = jitter_matrices(rng, len(rows), self.image_size) if self.augment else [None] * len(rows)
+        jitters = jitter_matrices(rng, len(rows), self.image_size, scale=0.12, shift=0.07, degrees=15) \
+            if self.augment else [None] * len(rows)
         if self.packed is not None:
-            images, ok = self._from_packed(rows, jitters)
+            images, ok = self._from_packed(rows, jitters, rng)
         else:
             images, ok = self._from_files(rows, jitters)
         if self.augment:
-            self._photometric(images, rng)
+            degrade_like_photos(images, rng)
         rows = rows[ok]
-        return images, {"age": self.ages[rows], "gender": self.genders[rows, None]}
+        targets = {"age": self.ages[rows], "gender": self.genders[rows, None]}
+        weights = {"age": self.age_known[rows], "gender": self.gender_known[rows]}
+        return images, targets, weights
 
     def _from_files(self, rows: np.ndarray, jitters):
         images = np.empty((len(rows), self.image_size, self.image_size, 3), np.uint8)
         ok = np.zeros(len(rows), bool)
         for position, (row, jitter) in enumerate(zip(rows, jitters)):
-            crop = frame_row(self.records[row], self.root, self.image_size, jitter)
+            crop = frame_row(self.records[row], self.root, self.image_size, self.framing, jitter)
             if crop is None:
                 self._report_unreadable(self.records[row]["path"])
             else:
                 images[position], ok[position] = crop, True
         return images[ok], ok
 
-    def _from_packed(self, rows: np.ndarray, jitters):
+    def _from_packed(self, rows: np.ndarray, jitters, rng: np.random.Generator):
         packed_rows = self.packed_rows[rows]
         ok = self.packed["valid"][packed_rows]
         for row in rows[~ok]:
@@ -179,19 +261,33 @@ class FaceDataset(keras.utils.PyDataset):
         if not self.augment:
             return crops[:, margin:margin + self.image_size, margin:margin + self.image_size], ok
         images = np.empty((len(crops), self.image_size, self.image_size, 3), np.uint8)
-        to_centre = np.array([[1, 0, -margin], [0, 1, -margin], [0, 0, 1]])
-        matrices = (np.asarray(jitters)[ok] @ to_centre)[:, :2]
+        from_canvas = np.array([[1, 0, -margin], [0, 1, -margin], [0, 0, 1]], np.float64)
+        # Some faces are framed by their box instead of their landmarks, as Haar and metadata boxes are.
+        by_box = rng.random(len(crops)) < BOX_FRAMING_SHARE
+        reframe = np.where(by_box[:, None, None], self.box_relative[rows[ok]], np.eye(3))
+        matrices = (np.asarray(jitters)[ok] @ from_canvas @ reframe)[:, :2] if len(crops) else []
         for crop, matrix, image in zip(crops, matrices, images):
             cv2.warpAffine(crop, matrix, (self.image_size, self.image_size), dst=image,
-                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         return images, ok
 
-    def _photometric(self, images: np.ndarray, rng: np.random.Generator) -> None:
-        """Random contrast (about mid-grey) and brightness, in place, saturating at 0 and 255."""
-        contrast = rng.uniform(0.75, 1.25, len(images))
-        shift = rng.uniform(-25, 25, len(images)) + 128 * (1 - contrast)
-        for image, alpha, beta in zip(images, contrast, shift):
-            cv2.convertScaleAbs(image, dst=image, alpha=alpha, beta=beta)
+    def _box_relative_matrices(self) -> np.ndarray:
+        """For each row, the 3x3 map from its packed (landmark-framed) canvas to the same face framed by a
+        jittered box on that canvas: box framing without re-reading the photo. Identity without a box."""
+        margin = (packed_size_for(self.image_size) - self.image_size) // 2
+        shift = np.array([[1, 0, margin], [0, 1, margin], [0, 0, 1]], np.float64)
+        rng = np.random.default_rng(self.seed)
+        matrices = np.tile(np.eye(3), (len(self.table), 1, 1))
+        for position, record in enumerate(self.records):
+            face = face_of_row(record)
+            if face.landmarks is None or np.isnan(face.box[0]) or self.framing["method"] != "landmarks":
+                continue
+            landmark_matrix = np.vstack([framing_matrix(face, self.image_size, self.framing), [0, 0, 1]])
+            face.landmarks = None
+            face.box_source = "haar" if rng.random() < 0.5 else "yunet"
+            box_matrix = np.vstack([framing_matrix(face, self.image_size, self.framing), [0, 0, 1]])
+            matrices[position] = shift @ box_matrix @ np.linalg.inv(landmark_matrix) @ np.linalg.inv(shift)
+        return matrices
 
     def _report_unreadable(self, path: str) -> None:
         with self.lock:
@@ -199,3 +295,52 @@ class FaceDataset(keras.utils.PyDataset):
                 print(f"warning: skipping unreadable image {path} (and any others: counted at the end)",
                       file=sys.stderr)
             self.unreadable.add(path)
+
+
+def sampling_probabilities(table: pd.DataFrame, source_weights: dict[str, float] | None) -> np.ndarray:
+    """Each row's chance of being drawn: every source gets its weight's share of an epoch (by default
+    its share of rows), and within a source the two genders are drawn equally often (LFW is 77% men)."""
+    sources = table["source"].fillna("").astype(str) if "source" in table else pd.Series("", index=table.index)
+    rows_per_source = sources.value_counts()
+    weights = source_weights or rows_per_source.to_dict()
+    missing = set(rows_per_source.index) - set(weights)
+    if missing:
+        raise UserError(f"no sampling weight for source(s) {', '.join(sorted(missing))}")
+    gender = table["gender"].fillna(-1)
+    class_size = table.groupby([sources, gender])["path"].transform("size")
+    classes_in_source = pd.Series(list(zip(sources, gender))).groupby(sources.to_numpy()).transform("nunique")
+    probability = sources.map(weights).to_numpy(np.float64) / (class_size.to_numpy() * classes_in_source.to_numpy())
+    return probability / probability.sum()
+
+
+def degrade_like_photos(images: np.ndarray, rng: np.random.Generator) -> None:
+    """In place: what real photos do to faces. Low resolution (a 20-60 px face scaled back up), blur,
+    JPEG re-compression, sensor noise, colour casts, greyscale, an occluding patch, and contrast and
+    brightness changes, each drawn independently per image."""
+    count, size = len(images), images.shape[1] if len(images) else 0
+    draws = rng.random((count, 7))
+    for image, draw in zip(images, draws):
+        if draw[0] < 0.25:
+            side = int(rng.integers(20, 61))
+            small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+            cv2.resize(small, (size, size), dst=image, interpolation=cv2.INTER_LINEAR)
+        if draw[1] < 0.15:
+            cv2.GaussianBlur(image, (0, 0), rng.uniform(0.6, 1.6), dst=image)
+        if draw[2] < 0.3:
+            encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 75))])[1]
+            image[...] = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+        if draw[3] < 0.15:
+            noise = rng.normal(0, rng.uniform(3, 12), image.shape)
+            image[...] = np.clip(image + noise, 0, 255)
+        if draw[4] < 0.3:  # a colour cast: warm or cold light, a white balance gone wrong
+            image[...] = np.clip(image * rng.uniform(0.8, 1.2, 3), 0, 255)
+        if draw[5] < 0.08:
+            image[...] = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None]
+        if draw[6] < 0.12:  # a hand, a microphone, another head: a patch over part of the face
+            width, height = (rng.uniform(0.15, 0.4, 2) * size).astype(int)
+            x, y = int(rng.integers(0, size - width)), int(rng.integers(0, size - height))
+            image[y:y + height, x:x + width] = rng.integers(0, 255, 3)
+    contrast = rng.uniform(0.7, 1.3, count)
+    shift = rng.uniform(-30, 30, count) + 128 * (1 - contrast)
+    for image, alpha, beta in zip(images, contrast, shift):
+        cv2.convertScaleAbs(image, dst=image, alpha=alpha, beta=beta)

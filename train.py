@@ -1,13 +1,12 @@
-"""Train the age and gender CNN on a cache.csv.
+"""Train the age and gender CNN on one or more caches.
 
     python train.py --cache imdb/cache.csv --root imdb --out runs/wiki                   # IMDB-WIKI
-    python train.py --cache data/utkface.csv --root data --out runs/utk --packed         # UTKFace, on a CPU
-    python train.py --cache imdb/cache.csv --root imdb --width 64 --image-size 128 --batch-size 256 \
-        --strategy mirrored --packed --out runs/big                                      # several GPUs
-    python train.py ... --out runs/utk --resume                                          # continue a run
+    python train.py --cache data/utkface.csv data/lfw.csv --root data --out runs/mix --packed   # two sources
+    python train.py --cache data/utkface.csv --root data --out runs/utk --packed --epochs 60 --resume
 
-Writes into --out: model.keras (best validation age MAE), last.keras (for --resume), model.json (the
-model card), model.onnx (TensorFlow backend), split.csv, log.csv, tensorboard/ and curves.png.
+Writes into --out: model.keras (best validation age MAE, float32), last.keras (for --resume),
+model.json (the model card), model.onnx (TensorFlow backend; the card embedded), split.csv, log.csv,
+tensorboard/ and curves.png. Several GPUs and machines: see `--strategy` and the README.
 """
 from __future__ import annotations
 
@@ -15,9 +14,11 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 
 from backbone import AgeMAE, age_distribution_loss, build_model
@@ -25,55 +26,148 @@ from build_cache import load_cache
 from faces import DETECTION_SCORE, make_framing
 from generator import FaceDataset, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
-from utils import UserError, atomic_path, run_cli
+from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
+                   run_cli)
+
+DEFAULT_CONTEXT = 1.0  # framing context of new runs; the shipped model's card records its own
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", required=True, help="cache.csv from build_cache.py")
-    parser.add_argument("--root", default="imdb", help="folder the cache's paths are relative to (default: imdb)")
-    parser.add_argument("--out", default="runs/default", help="run folder (default: runs/default)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    parser.add_argument("--image-size", type=int, default=96,
-                        help="model input side in pixels, a multiple of 4 (default: 96)")
-    parser.add_argument("--width", type=int, default=24, help="channels of the first stage; 64 for GPUs (default: 24)")
-    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak AdamW learning rate (default: 3e-3)")
-    parser.add_argument("--gender-weight", type=float, default=2.0,
-                        help="gender loss weight next to age's 1 (default: 2.0)")
-    parser.add_argument("--patience", type=int, default=15,
-                        help="early stopping patience in epochs; the cosine schedule's last epochs count "
-                             "(default: 15)")
-    parser.add_argument("--seed", type=int, default=42,
-                        help="seed for the split, weights and augmentation (default: 42)")
-    parser.add_argument("--limit", type=int, help="use only this many rows (quick experiments)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--cache", nargs="+", required=True, help="cache.csv file(s) from build_cache.py")
+    parser.add_argument("--root", nargs="+", default=["imdb"],
+                        help="folder the cache's paths are relative to: one for all caches, or one per cache")
+    parser.add_argument("--source-weights", nargs="+", type=float_between(0.0, low_inclusive=False),
+                        help="share of each epoch drawn from each cache (default: by row count)")
+    parser.add_argument("--out", default="runs/default", help="run folder")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs (in all, when resuming)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step (global batch)")
+    parser.add_argument("--image-size", type=int_at_least(32), default=96, help="model input side, a multiple of 4")
+    parser.add_argument("--width", type=positive_int, default=24, help="channels of the first stage; 64 for GPUs")
+    parser.add_argument("--context", type=float_between(1.0, 2.0), default=DEFAULT_CONTEXT,
+                        help="framing context: 1 = tight like UTKFace chips, 1.3 = hair and jaw line in")
+    parser.add_argument("--framing", choices=["auto", "landmarks", "box"], default="auto",
+                        help="auto: landmarks when most rows have them, else face boxes")
+    parser.add_argument("--learning-rate", type=positive_float, default=3e-3, help="peak AdamW learning rate")
+    parser.add_argument("--min-lr", type=float_between(0.0), default=3e-5, help="learning rate at the end of the cosine")
+    parser.add_argument("--gender-weight", type=float_between(0.0), default=2.0, help="gender loss weight next to age's 1")
+    parser.add_argument("--patience", type=positive_int, default=15, help="early stopping patience in epochs")
+    parser.add_argument("--seed", type=int, default=42, help="seed for the split, weights and augmentation")
+    parser.add_argument("--limit", type=positive_int, help="use only this many rows (quick experiments)")
     parser.add_argument("--packed", action="store_true", help="frame all faces once into a memory-mapped array first")
-    parser.add_argument("--workers", type=int, default=2, help="data loading threads (default: 2)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="data loading threads")
     parser.add_argument("--strategy", choices=["default", "mirrored"], default="default",
                         help="mirrored: tf.distribute.MirroredStrategy over all GPUs (TensorFlow backend)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.keras")
     args = parser.parse_args(argv)
     if args.image_size % 4:
         parser.error("--image-size must be a multiple of 4")
+    if len(args.root) not in (1, len(args.cache)):
+        parser.error(f"give one --root for all caches or one per cache ({len(args.cache)})")
+    if args.source_weights and len(args.source_weights) != len(args.cache):
+        parser.error(f"give one --source-weights value per cache ({len(args.cache)})")
+    if args.min_lr > args.learning_rate:
+        parser.error("--min-lr must not exceed --learning-rate")
     return args
 
 
+def load_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
+    """All caches as one table (a `source` and a `root` column per row) and each source's weight."""
+    roots = args.root * len(args.cache) if len(args.root) == 1 else args.root
+    tables = []
+    for cache, root in zip(args.cache, roots):
+        table = load_cache(cache)
+        if "source" not in table or table["source"].isna().all():
+            table["source"] = Path(cache).stem
+        table["root"] = str(root)
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    check_labels(table)
+    weights = None
+    if args.source_weights:
+        names = [t["source"].iloc[0] for t in tables]
+        if len(set(names)) != len(names):
+            raise UserError("--source-weights needs caches of different sources")
+        weights = dict(zip(names, args.source_weights))
+    return table, weights
+
+
+def check_labels(table: pd.DataFrame) -> None:
+    """Refuse labels the model cannot learn (they train to NaN): ages outside 0-100, genders not 0/1."""
+    for column, valid, rule in (("age", table["age"].between(0, 100), "0-100 years"),
+                                ("gender", table["gender"].isin([0, 1]), "0 or 1")):
+        bad = table[column].notna() & ~valid
+        if bad.any():
+            first = table[bad].iloc[0]
+            raise UserError(f"{bad.sum()} rows have a {column} outside {rule}, e.g. {first['path']} "
+                            f"({column} {first[column]}): fix the cache")
+    unlabelled = table["age"].isna() & table["gender"].isna()
+    if unlabelled.any():
+        raise UserError(f"{unlabelled.sum()} rows have neither an age nor a gender, e.g. {table[unlabelled].iloc[0]['path']}")
+
+
+def choose_framing(table: pd.DataFrame, method: str, context: float) -> dict:
+    """The framing training applies and the card records: landmarks when most rows have them."""
+    with_landmarks = int(table["right_eye_x"].notna().sum())
+    if method == "auto":
+        method = "landmarks" if with_landmarks >= len(table) / 2 else "box"
+    framing = make_framing(method, context)
+    landmark_rows = with_landmarks if method == "landmarks" else 0
+    framing["rows_by_method"] = {"landmarks": landmark_rows, "box": int(len(table) - landmark_rows)}
+    return framing
+
+
+def make_splits(table: pd.DataFrame, out: Path, args) -> dict[str, pd.DataFrame]:
+    """A new split (by person or image content), or on --resume the one the run started with."""
+    split_path = out / "split.csv"
+    if args.resume:
+        if not split_path.is_file():
+            raise UserError(f"cannot resume: {split_path} is missing")
+        assignment = pd.read_csv(split_path, dtype=str, keep_default_na=False)
+        keys = table["source"].astype(str) + "|" + table["path"].astype(str)
+        mapped = keys.map(dict(zip(assignment["source"] + "|" + assignment["path"], assignment["split"])))
+        return {name: table[mapped == name] for name in ("train", "val", "test")}
+    splits = split_table(table, args.seed)
+    with atomic_path(split_path) as temp_path:
+        pd.concat([part[["source", "path"]].assign(split=name) for name, part in splits.items()]).to_csv(
+            temp_path, index=False)
+    return splits
+
+
+def learning_rate_schedule(args, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """One epoch of linear warm-up, then a cosine down to --min-lr at the last epoch of --epochs."""
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, (args.epochs - 1) * steps_per_epoch), alpha=args.min_lr / args.learning_rate,
+        warmup_target=args.learning_rate, warmup_steps=steps_per_epoch)
+
+
+def compile_model(model: keras.Model, args, steps_per_epoch: int) -> None:
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate_schedule(args, steps_per_epoch), weight_decay=1e-4),
+        loss={"age": age_distribution_loss, "gender": keras.losses.BinaryCrossentropy(label_smoothing=0.05)},
+        loss_weights={"age": 1.0, "gender": args.gender_weight},
+        # weighted: rows whose label is unknown (weight 0) do not count
+        weighted_metrics={"age": [AgeMAE()], "gender": [keras.metrics.BinaryAccuracy(name="accuracy")]},
+    )
+
+
+def resume_model(path: Path, args, steps_per_epoch: int) -> keras.Model:
+    """last.keras with its optimizer state, under a schedule rebuilt for the run's total --epochs."""
+    saved = keras.models.load_model(path)
+    state = [keras.ops.convert_to_numpy(variable) for variable in saved.optimizer.variables]
+    compile_model(saved, args, steps_per_epoch)
+    saved.optimizer.build(saved.trainable_variables)
+    if len(state) != len(saved.optimizer.variables):
+        raise UserError(f"cannot resume from {path}: its optimizer state does not match this model")
+    for variable, value in zip(saved.optimizer.variables, state):  # step count and Adam moments carry on
+        variable.assign(value)
+    return saved
+
+
 def distribution_scope(strategy: str):
-    """Mixed precision on GPUs; a MirroredStrategy scope when asked (TensorFlow only)."""
-    backend = keras.backend.backend()
-    has_gpu = False
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    elif backend == "jax":
-        import jax
-
-        has_gpu = jax.default_backend() == "gpu"
-    if has_gpu:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    """A MirroredStrategy scope when asked (TensorFlow only)."""
     if strategy == "mirrored":
-        if backend != "tensorflow":
+        if keras.backend.backend() != "tensorflow":
             raise UserError("--strategy mirrored needs KERAS_BACKEND=tensorflow")
         import tensorflow as tf
 
@@ -81,26 +175,73 @@ def distribution_scope(strategy: str):
     return contextlib.nullcontext()
 
 
-def model_card(args, table: pd.DataFrame, splits: dict, metrics: dict, parameters: int) -> dict:
+class SafeCheckpoint(keras.callbacks.Callback):
+    """Save the model after each epoch (or only when `monitor` improves) through a temporary file and a
+    rename: a kill or a full disk mid-save never leaves a truncated model behind."""
+
+    def __init__(self, path: Path, monitor: str | None = None, best: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.best = path, monitor, best
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None or not np.isfinite(value) or (self.best is not None and value >= self.best):
+                return
+            self.best = float(value)
+        with atomic_path(self.path) as temp_path:
+            self.model.save(temp_path)
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the learning rate at the end of each epoch to the logs (and so to log.csv)."""
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def model_card(args, table: pd.DataFrame, splits: dict, framing: dict, metrics: dict, parameters: int,
+               source_weights: dict | None) -> dict:
+    sources = table.groupby("source").agg(rows=("path", "size"), with_age=("age", "count"),
+                                          with_gender=("gender", "count"))
     return {
         "format_version": FORMAT_VERSION,
         "name": Path(args.out).name,
         "task": "age (years, 0-100) and gender (P(male)) from one face",
         "input": {"size": args.image_size, "colour_order": "BGR", "dtype": "float32",
                   "scaling": "raw 0-255 pixels; the model rescales to [-1, 1] itself"},
-        "framing": make_framing(),
+        "framing": framing,
         "detector": {"name": "yunet", "score_threshold": DETECTION_SCORE},
         "outputs": {"age": "softmax over ages 0..100; age = expected value", "gender": "P(male), sigmoid"},
         "inference": "outputs averaged over the framed face and its mirror image (predict.mirror_average)",
         "age_range": [0, 100],
         "architecture": {"width": args.width, "parameters": parameters},
-        "data": {"cache": Path(args.cache).name, "rows": int(len(table)), "seed": args.seed,
-                 "split": {name: int(len(part)) for name, part in splits.items()}},
-        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                     "gender_weight": args.gender_weight, "backend": keras.backend.backend()},
+        "data": {"sources": {name: {key: int(value) for key, value in row.items()}
+                             | {"weight": (source_weights or {}).get(name, "by rows")}
+                             for name, row in sources.iterrows()},
+                 "rows": int(len(table)), "seed": args.seed,
+                 "split": {name: int(len(part)) for name, part in splits.items()},
+                 "split_rule": "by person where the source names one, else by image content (duplicates together)"},
+        "training": {"arguments": vars(args), "backend": keras.backend.backend(), "precision": "float32",
+                     "commit": git_commit()},
         "metrics": metrics,
-        "licence": "trained on IMDB-WIKI / UTKFace data: non-commercial research use only",
+        "metrics_note": "validation chose the checkpoint; test was computed once at the end and chose nothing",
+        "licence": "trained on IMDB-WIKI / UTKFace / LFW data: non-commercial research use only",
     }
+
+
+def git_commit() -> str | None:
+    """The commit the code was at (with '+changes' when the tree had uncommitted edits), if known."""
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+changes" if dirty else "")) or None
 
 
 def plot_curves(log_path: Path, out_path: Path) -> None:
@@ -135,6 +276,8 @@ def evaluate_split(model: keras.Model, dataset: FaceDataset) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if args.resume and not (out / "last.keras").is_file():
@@ -142,57 +285,52 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
 
-    table = load_cache(args.cache)
+    table, source_weights = load_sources(args)
     if args.limit:
         table = table.sample(min(args.limit, len(table)), random_state=args.seed).reset_index(drop=True)
-    split_path = out / "split.csv"
-    if args.resume and split_path.is_file():  # the same rows as before, whatever the cache holds now
-        assignment = pd.read_csv(split_path).set_index("path")["split"]
-        table = table[table["path"].isin(assignment.index)].reset_index(drop=True)
-        splits = {name: table[table["path"].map(assignment) == name] for name in ("train", "val", "test")}
-    else:
-        splits = split_table(table, args.seed)
-        with atomic_path(split_path) as temp_path:
-            assignment = pd.concat([part[["path"]].assign(split=name) for name, part in splits.items()])
-            assignment.to_csv(temp_path, index=False)
+    splits = make_splits(table, out, args)
     print(", ".join(f"{name}: {len(part)} faces" for name, part in splits.items()))
+    framing = choose_framing(table, args.framing, args.context)
 
-    packed = pack_faces(table, args.root, args.image_size) if args.packed else None
-    datasets = {name: FaceDataset(part, args.root, args.image_size, args.batch_size, augment=(name == "train"),
-                                  seed=args.seed, packed=packed, workers=args.workers)
+    history = pd.read_csv(out / "log.csv") if args.resume and (out / "log.csv").is_file() else pd.DataFrame()
+    initial_epoch = len(history)
+    if initial_epoch >= args.epochs:
+        raise UserError(f"the run already has {initial_epoch} epochs: pass a larger --epochs to continue it")
+    packed = pack_faces(table, args.root[0], args.image_size, framing) if args.packed else None
+    datasets = {name: FaceDataset(part, args.root[0], args.image_size, args.batch_size, augment=(name == "train"),
+                                  seed=args.seed, packed=packed, workers=args.workers, framing=framing,
+                                  epoch=initial_epoch if name == "train" else 0,
+                                  source_weights=source_weights)
                 for name, part in splits.items()}
+    steps_per_epoch = len(datasets["train"])
 
     with distribution_scope(args.strategy):
         if args.resume:
-            model = keras.models.load_model(out / "last.keras")
+            model = resume_model(out / "last.keras", args, steps_per_epoch)
         else:
             model = build_model(args.image_size, args.width)
-            warmup_steps = len(datasets["train"])  # one epoch of linear warm-up, then cosine decay
-            schedule = keras.optimizers.schedules.CosineDecay(
-                0.0, max(1, (args.epochs - 1) * warmup_steps), warmup_target=args.learning_rate,
-                warmup_steps=warmup_steps)
-            model.compile(
-                optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
-                loss={"age": age_distribution_loss, "gender": keras.losses.BinaryCrossentropy(label_smoothing=0.05)},
-                loss_weights={"age": 1.0, "gender": args.gender_weight},
-                metrics={"age": [AgeMAE()], "gender": [keras.metrics.BinaryAccuracy(name="accuracy")]},
-            )
+            compile_model(model, args, steps_per_epoch)
     model.summary(line_length=100)
     print(f"parameters: {model.count_params():,}")
 
-    history = pd.read_csv(out / "log.csv") if args.resume and (out / "log.csv").is_file() else pd.DataFrame()
     best_so_far = float(history["val_age_mae"].min()) if len(history) else None  # a resumed run keeps its best
     callbacks = [
-        keras.callbacks.ModelCheckpoint(out / "model.keras", monitor="val_age_mae", mode="min", save_best_only=True,
-                                        initial_value_threshold=best_so_far),
-        keras.callbacks.ModelCheckpoint(out / "last.keras"),
+        LearningRateLogger(),
+        keras.callbacks.TerminateOnNaN(),
+        SafeCheckpoint(out / "model.keras", monitor="val_age_mae", best=best_so_far),
+        SafeCheckpoint(out / "last.keras"),
         keras.callbacks.EarlyStopping(monitor="val_age_mae", mode="min", patience=args.patience),
         keras.callbacks.CSVLogger(out / "log.csv", append=args.resume),
     ]
     if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
         callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
-    model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs, initial_epoch=len(history),
-              callbacks=callbacks)
+    fit = model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs,
+                    initial_epoch=initial_epoch, callbacks=callbacks)
+    if not np.isfinite(fit.history.get("loss", [0.0])).all():
+        raise UserError("training diverged (the loss became NaN): nothing was exported; lower --learning-rate "
+                        "or check the cache's labels")
+    if not (out / "model.keras").is_file():
+        raise UserError("no epoch produced a finite validation score: nothing was exported")
     plot_curves(out / "log.csv", out / "curves.png")
 
     # The released model needs no optimizer state (last.keras keeps it for --resume): a third of the size.
@@ -203,14 +341,14 @@ def main(argv=None) -> int:
     unreadable = sorted(set().union(*(d.unreadable for d in datasets.values())))
     if unreadable:
         print(f"skipped {len(unreadable)} unreadable images, e.g. {unreadable[0]}")
-    write_card(out, model_card(args, table, splits, metrics, best.count_params()))
+    write_card(out, model_card(args, table, splits, framing, metrics, best.count_params(), source_weights))
     print(json.dumps(metrics, indent=2))
     if keras.backend.backend() == "tensorflow":
         from export import export_onnx
 
         export_onnx(out / "model.keras")
     print(f"saved {out / 'model.keras'}; try: python evaluate.py --model {out / 'model.keras'} "
-          f"--cache {args.cache} --root {args.root}")
+          f"--cache {' '.join(args.cache)} --root {' '.join(args.root)}")
     return 0
 
 

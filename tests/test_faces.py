@@ -30,13 +30,13 @@ def test_known_landmarks_map_to_the_template():
     np.testing.assert_allclose(mapped, FACE_TEMPLATE * size, atol=1e-9)
 
 
-def test_box_at_the_border_pads_by_replication():
+def test_box_at_the_border_pads_by_mirroring():
     image = np.zeros((100, 100, 3), np.uint8)
     image[:, :50] = 200  # left half bright
     crop = frame_face(image, Face((-30.0, -30.0, 60.0, 60.0), None, 1.0, "yunet"), 64)
     assert crop.shape == (64, 64, 3)
-    assert (crop[:, 0] == 200).all()  # the part left of the image repeats its edge
-    assert (crop[0, :] == crop[40, :]).all()  # and so does the part above it
+    assert (crop[:, 0] == 200).all()  # the part left of the image mirrors its bright left half
+    assert (crop[0, :] == crop[40, :]).all()  # and the part above it the rows below the edge
 
 
 def test_large_downscale_is_antialiased():

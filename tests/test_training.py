@@ -56,7 +56,8 @@ def test_split_is_reproducible_and_stratified(tmp_path):
     first, again, other = split_table(table, 7), split_table(table, 7), split_table(table, 8)
     assert all(first[name]["path"].tolist() == again[name]["path"].tolist() for name in first)
     assert first["test"]["path"].tolist() != other["test"]["path"].tolist()
-    assert [len(first[name]) for name in ("train", "val", "test")] == [1600, 200, 200]
+    sizes = np.array([len(first[name]) for name in ("train", "val", "test")])
+    assert np.abs(sizes - [1600, 200, 200]).max() <= 9  # whole groups per stratum (27 strata here)
     assert set().union(*(set(part["path"]) for part in first.values())) == set(table["path"])
     def strata(part):
         return pd.Series(age_band(part["age"]) * 2 + part["gender"]).value_counts(normalize=True)
@@ -84,7 +85,7 @@ def test_corrupt_and_missing_images_are_skipped(tmp_path, capsys):
     (tmp_path / "2.jpg").write_bytes(b"garbage")
     (tmp_path / "4.jpg").unlink()
     dataset = FaceDataset(table, tmp_path, 32, batch_size=6, augment=False)
-    images, targets = dataset[0]
+    images, targets, _ = dataset[0]
     assert len(images) == 4 and targets["age"].tolist() == table["age"].iloc[[0, 1, 3, 5]].tolist()
     assert dataset.unreadable == {"2.jpg", "4.jpg"}
     assert capsys.readouterr().err.count("skipping unreadable image") == 1  # reported once
@@ -96,7 +97,7 @@ def test_packed_cache_serves_the_same_faces(tmp_path):
     from_files = FaceDataset(table, tmp_path, 32, batch_size=10)[0][0]
     from_packed = FaceDataset(table, tmp_path, 32, batch_size=10, packed=packed)[0][0]
     assert np.abs(from_files - from_packed).max() <= 2  # equal up to rounding in the resampling
-    augmented, targets = FaceDataset(table, tmp_path, 32, batch_size=10, augment=True, packed=packed)[0]
+    augmented, targets, _ = FaceDataset(table, tmp_path, 32, batch_size=10, augment=True, packed=packed)[0]
     assert augmented.shape == (10, 32, 32, 3) and len(targets["age"]) == 10
 
 
@@ -124,7 +125,8 @@ def test_train_writes_every_artefact(trained_run):
     assert any((out / "tensorboard").rglob("*")) and cv2.imread(str(out / "curves.png")) is not None
     card = json.loads((out / "model.json").read_text())
     assert card["input"]["size"] == 32 and card["input"]["colour_order"] == "BGR"
-    assert card["data"]["split"] == {"train": 48, "val": 6, "test": 6} and card["data"]["seed"] == 42
+    split = card["data"]["split"]
+    assert sum(split.values()) == 60 and split["train"] >= 44 and min(split.values()) > 0 and card["data"]["seed"] == 42
     assert set(card["metrics"]["test"]) == {"n", "age_mae", "cs5", "gender_accuracy"}
     assert "non-commercial" in card["licence"]
     if keras.backend.backend() == "tensorflow":
