@@ -72,6 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def require_regular_file(path: Path, what_to_do: str = "") -> None:
+    """Refuse a missing path, a folder, a FIFO or a device before anything reads (and blocks on) it."""
+    if not path.is_file():
+        raise UserError(f"{path}: " + ("not a regular file" if path.exists() else f"no such file{what_to_do}"))
+
+
 def print_dropped(count: int, reason: str) -> None:
     print(f"  dropped {count:>6} rows: {reason}")
 
@@ -83,8 +89,7 @@ def load_mat(mat_path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     import scipy.io  # only --mat needs it
 
     mat_path = Path(mat_path)
-    if not mat_path.is_file():
-        raise UserError(f"{mat_path}: no such file")
+    require_regular_file(mat_path)
     try:
         contents = scipy.io.loadmat(mat_path, variable_names=("wiki", "imdb"))
     except Exception as error:
@@ -95,7 +100,8 @@ def load_mat(mat_path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
         raise UserError(f"{mat_path} holds no 'wiki' or 'imdb' struct")
     name, struct = names[0], contents[names[0]]
     if struct.dtype.names is None or struct.size != 1:
-        raise UserError(f"{mat_path}: '{name}' is not a single struct (found {struct.dtype} of shape {struct.shape})")
+        shape = " x ".join(map(str, struct.shape))
+        raise UserError(f"{mat_path}: '{name}' holds {shape} {kind_of(struct)}, expected one struct")
     missing = [field for field in MAT_FIELDS if field not in struct.dtype.names]
     if missing:
         raise UserError(f"{mat_path}: struct '{name}' lacks fields {', '.join(missing)}")
@@ -105,10 +111,19 @@ def load_mat(mat_path: str | Path) -> tuple[str, dict[str, np.ndarray]]:
     if len(set(lengths.values())) != 1:
         raise UserError(f"{mat_path}: the fields of '{name}' differ in length "
                         f"({', '.join(f'{f} {n}' for f, n in lengths.items())})")
+    if not lengths["dob"]:
+        raise UserError(f"{mat_path}: struct '{name}' holds no entries")
     for field in MAT_NUMBER_FIELDS:
         if fields[field].dtype.kind not in "biuf":
-            raise UserError(f"{mat_path}: field '{field}' holds {fields[field].dtype}, not numbers")
+            raise UserError(f"{mat_path}: field '{field}' holds {kind_of(fields[field])}, not numbers")
     return name, fields
+
+
+def kind_of(array: np.ndarray) -> str:
+    """What a MATLAB value holds, in MATLAB's words."""
+    if array.dtype.names:
+        return "struct array"
+    return {"U": "text", "S": "text", "O": "cells", "b": "logicals"}.get(array.dtype.kind, "numbers")
 
 
 def mat_cells(mat_path: Path, field: str, cells: np.ndarray, size: int | None, kind: str) -> np.ndarray:
@@ -116,8 +131,8 @@ def mat_cells(mat_path: Path, field: str, cells: np.ndarray, size: int | None, k
     cells = [np.ravel(cell) if isinstance(cell, np.ndarray) else np.ravel(np.asarray(cell)) for cell in cells]
     for position, cell in enumerate(cells):
         if cell.dtype.kind not in kind or (size is not None and cell.size != size) or (size is None and cell.size != 1):
-            raise UserError(f"{mat_path}: entry {position + 1} of '{field}' holds {cell.size} values of type "
-                            f"{cell.dtype}, expected {size or 1} {'numbers' if 'f' in kind else 'text'}")
+            raise UserError(f"{mat_path}: entry {position + 1} of '{field}' holds {cell.size} {kind_of(cell)}, "
+                            f"expected {f'{size} numbers' if size else 'one text'}")
     return np.concatenate(cells) if cells else np.empty(0)
 
 
@@ -142,7 +157,8 @@ def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root
     """The rows of an IMDB-WIKI .mat that pass the face rules; images found under root get content hashes."""
     struct_name, fields = load_mat(mat_path)
     paths = mat_cells(Path(mat_path), "full_path", fields["full_path"], None, "U")
-    boxes = mat_cells(Path(mat_path), "face_location", fields["face_location"], 4, "biuf").reshape(-1, 4)
+    boxes = mat_cells(Path(mat_path), "face_location", fields["face_location"], 4, "biuf")
+    boxes = boxes.reshape(-1, 4).astype(np.float64)
     table = pd.DataFrame({
         "path": np.char.add(f"{struct_name}_crop/", paths.astype(str)),
         "age": age_at_photo(fields["dob"], fields["photo_taken"]),
@@ -157,7 +173,9 @@ def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root
         f"face_score < {min_score} (no face found, or a weak one)": table.face_score >= min_score,
         "a second face in the image": table.face_score.notna() if allow_second_face
         else np.isnan(fields["second_face_score"].astype(np.float64)),
-        "gender unknown": table.gender.notna(),
+        "gender unknown (or not 0/1)": table.gender.isin([0, 1]),
+        "face box not finite or empty": np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0])
+        & (boxes[:, 3] > boxes[:, 1]),
     }
     keep = np.ones(len(table), bool)
     for rule, passes in rules.items():
@@ -179,6 +197,14 @@ def folder_inside_root(folder: str | Path, root: Path) -> tuple[Path, Path]:
     if not folder.is_relative_to(root):
         raise UserError(f"{folder} is not inside --root {root}")
     return folder, root
+
+
+def regular_files(paths: list[Path], folder: Path) -> list[Path]:
+    """The regular files among paths: FIFOs and devices would hang a reader, folders fail it (counted)."""
+    files = [path for path in paths if path.is_file()]
+    if len(files) < len(paths):
+        print(f"{folder}: {len(paths) - len(files)} entries skipped: not regular files")
+    return files
 
 
 def file_sha256(path: Path) -> str:
@@ -206,7 +232,7 @@ def rows_from_utkface(folder: str | Path, root: Path) -> pd.DataFrame:
     """One row per image named age_gender_race_time.jpg.chip.jpg; the group is its content hash."""
     folder, root = folder_inside_root(folder, root)
     rows, malformed = [], []
-    for image_path in sorted(folder.iterdir()):
+    for image_path in regular_files(sorted(folder.iterdir()), folder):
         match = UTKFACE_NAME.match(image_path.name)
         if match is None:
             malformed.append(image_path.name)
@@ -223,6 +249,7 @@ def rows_from_utkface(folder: str | Path, root: Path) -> pd.DataFrame:
 
 def read_name_list(path: str | Path) -> set[str]:
     """LFW label file: one image file name a line (Windows line ends and blank lines are fine)."""
+    require_regular_file(Path(path))
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -240,7 +267,7 @@ def rows_from_lfw(folder: str | Path, root: Path, female_names: str | Path, male
     women, men = read_name_list(female_names), read_name_list(male_names)
     both = women & men
     gender_of = {**{name: 0 for name in women - both}, **{name: 1 for name in men - both}}
-    images = sorted(folder.glob("*/*.jpg"))
+    images = regular_files(sorted(folder.glob("*/*.jpg")), folder)
     rows = [(image.relative_to(root).as_posix(), gender_of[image.name], image.parent.name)
             for image in images if image.name in gender_of]
     unlisted = sum(image.name not in gender_of and image.name not in both for image in images)
@@ -307,7 +334,7 @@ def add_landmarks(table: pd.DataFrame, root: Path, detector: FaceDetector) -> pd
     scores = table["face_score"].to_numpy(np.float64).copy()
     unreadable = 0
     for row, path in enumerate(tqdm(table["path"], desc="detect faces", unit="image", mininterval=0.5)):
-        image, _ = read_training_image(root / path)
+        image, _ = read_training_image(root / path) if (root / path).is_file() else (None, 1)
         if image is None:
             unreadable += 1
             continue
@@ -340,9 +367,7 @@ def load_cache(cache_path: str | Path) -> pd.DataFrame:
     for text); age and gender are floats with NaN for unknown. Invalid values are refused with one line
     naming the column and the first bad row: training on them gives NaN models."""
     cache_path = Path(cache_path)
-    if not cache_path.is_file():
-        raise UserError(f"{cache_path}: no such file (build it with build_cache.py)"
-                        if not cache_path.exists() else f"{cache_path} is not a regular file")
+    require_regular_file(cache_path, " (build it with build_cache.py)")
     try:
         table = pd.read_csv(cache_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -392,6 +417,12 @@ def write_cache(table: pd.DataFrame, out_path: str | Path) -> None:
         table.to_csv(temp_path, index=False, float_format="%.9g")  # exact for float32 detector output
 
 
+def refuse_image_as_output(out_path: Path, root: Path, image_paths: pd.Series) -> None:
+    out_in_root = out_path.resolve()
+    if out_in_root.is_relative_to(root.resolve()) and out_in_root.relative_to(root.resolve()).as_posix() in set(image_paths):
+        raise UserError(f"refusing to overwrite the image {out_path} with the cache: choose another --out")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     inputs = [args.mat, args.utkface, args.lfw, args.female_names, args.male_names, args.detector_model]
@@ -405,6 +436,7 @@ def main(argv=None) -> int:
         out_path = check_output_file(args.out or root / "cache.csv", inputs)
         table = rows_from_utkface(folder, root) if args.utkface \
             else rows_from_lfw(folder, root, args.female_names, args.male_names)
+    refuse_image_as_output(out_path, root, table["path"])
     table = drop_implausible_ages(drop_exact_duplicates(table))  # a copy labelled 103 casts doubt on its twin
     if args.detect:
         from faces import FaceDetector
