@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,29 +19,31 @@ import pandas as pd
 from tqdm import tqdm
 
 from build_cache import load_cache, write_cache
-from utils import atomic_path, run_cli
+from utils import HelpFormatter, UserError, atomic_path, check_output_file, positive_int, run_cli
 
 SHOW_BAD = 5  # bad paths printed in the summary; the report has them all
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default="imdb/cache.csv", help="cache.csv to check (default: imdb/cache.csv)")
-    parser.add_argument("--root", default="imdb", help="folder the cache's paths are relative to (default: imdb)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--cache", default="imdb/cache.csv", help="cache.csv to check")
+    parser.add_argument("--root", default="imdb", help="folder the cache's paths are relative to")
     parser.add_argument("--decode", action="store_true", help="also decode every image (slower, catches corrupt files)")
     parser.add_argument("--report", help="CSV of bad rows with the reason (default: CACHE.bad.csv)")
     parser.add_argument("--write-clean", metavar="OUT", help="write a cache without the bad rows to OUT")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel checks (default: CPU count)")
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 2, help="parallel checks")
     return parser.parse_args(argv)
 
 
 def image_problem(path: Path, decode: bool) -> str | None:
-    """Why an image is unusable ('missing', 'empty', 'undecodable'), or None if it is fine."""
+    """Why an image is unusable ('missing', 'not a regular file', 'empty', 'undecodable'), or None if fine."""
     try:
-        size = path.stat().st_size
+        status = path.stat()
     except OSError:
         return "missing"
-    if size == 0:
+    if not stat.S_ISREG(status.st_mode):  # a FIFO or a device would block or never end when read
+        return "not a regular file"
+    if status.st_size == 0:
         return "empty"
     if decode and cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_8) is None:
         return "undecodable"
@@ -50,7 +53,7 @@ def image_problem(path: Path, decode: bool) -> str | None:
 def check_cache(table: pd.DataFrame, root: str | Path, decode: bool, workers: int) -> pd.Series:
     """The problem of each row (None where the image is fine), in the table's order."""
     root = Path(root)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         problems = list(tqdm(pool.map(lambda p: image_problem(root / p, decode), table["path"], chunksize=64),
                              total=len(table), desc="check images", unit="image", mininterval=0.5))
     return pd.Series(problems, index=table.index, dtype=object)
@@ -58,16 +61,22 @@ def check_cache(table: pd.DataFrame, root: str | Path, decode: bool, workers: in
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    report = check_output_file(args.report or Path(args.cache).with_suffix(".bad.csv"), [args.cache])
+    if args.write_clean:
+        check_output_file(args.write_clean, [args.cache, report])
+    if not Path(args.root).is_dir():
+        raise UserError(f"--root {args.root}: no such folder")
     table = load_cache(args.cache)
     problems = check_cache(table, args.root, args.decode, args.workers)
     bad = problems.notna()
+    if len(table) and (problems == "missing").all():
+        raise UserError(f"none of the {len(table)} images found under {args.root}: is --root right?")
     counts = problems[bad].value_counts()
     print(f"{len(table)} images listed, {len(table) - bad.sum()} fine, {bad.sum()} bad"
           + (f" ({', '.join(f'{n} {why}' for why, n in counts.items())})" if bad.any() else ""))
     if bad.any():
         for path, why in zip(table.loc[bad, "path"][:SHOW_BAD], problems[bad][:SHOW_BAD]):
             print(f"  {why}: {Path(args.root) / path}")
-        report = Path(args.report or Path(args.cache).with_suffix(".bad.csv"))
         with atomic_path(report) as temp_path:
             table[bad].assign(problem=problems[bad]).to_csv(temp_path, index=False)
         print(f"all bad rows: {report}")

@@ -1,6 +1,7 @@
 """build_cache.py: IMDB-WIKI metadata and UTKFace names to cache.csv."""
 from __future__ import annotations
 
+import hashlib
 from datetime import date
 
 import numpy as np
@@ -59,10 +60,11 @@ def test_real_wiki_mat(wiki_mat, tmp_path, capsys):
     assert build_cache.main(["--mat", str(wiki_mat), "--out", str(out)]) == 0
     cache = pd.read_csv(out).set_index("path")
     printed = capsys.readouterr().out
-    assert "62328 entries" in printed and "kept     38138 rows" in printed
+    assert "62328 entries" in printed and "wrote 38138 rows" in printed
     # Rows checked by hand against the file names' birth dates and photo years.
     first = cache.loc["wiki_crop/17/10000217_1981-05-05_2009.jpg"]
     assert (first["age"], first["gender"]) == (28, 1)
+    assert (first["source"], first["group"]) == ("wiki", 10000217)  # the person: the file name's first part
     assert first[["face_x1", "face_y1", "face_x2", "face_y2"]].round(2).tolist() == [111.29, 111.29, 252.67, 252.67]
     assert cache.loc["wiki_crop/12/100012_1948-07-03_2008.jpg", "age"] == 59  # born in July: one year less
     assert "wiki_crop/48/10000548_1925-04-04_1964.jpg" not in cache.index  # a second face was found
@@ -74,16 +76,18 @@ def test_utkface_names(tmp_path, capsys):
     folder = tmp_path / "UTKFace"
     folder.mkdir()
     for name in ["26_0_1_20170116.jpg.chip.jpg", "3_1_2_20161219.jpg.chip.jpg", "39_1_20170116174525125.jpg.chip.jpg"]:
-        (folder / name).write_bytes(b"x")
+        (folder / name).write_bytes(name.encode())
     out = tmp_path / "utk.csv"
     assert build_cache.main(["--utkface", str(folder), "--out", str(out)]) == 0
     cache = pd.read_csv(out)
-    assert cache[["path", "age", "gender"]].values.tolist() == [
-        ["UTKFace/26_0_1_20170116.jpg.chip.jpg", 26, 1],  # UTKFace 0 = male, cache 1 = male
-        ["UTKFace/3_1_2_20161219.jpg.chip.jpg", 3, 0],
+    assert cache[["path", "age", "gender", "race", "source"]].values.tolist() == [
+        ["UTKFace/26_0_1_20170116.jpg.chip.jpg", 26, 1, 1, "utkface"],  # UTKFace 0 = male, cache 1 = male
+        ["UTKFace/3_1_2_20161219.jpg.chip.jpg", 3, 0, 2, "utkface"],
     ]
     assert cache["face_x1"].isna().all()
     assert "1 malformed names skipped" in capsys.readouterr().out
+    assert cache["content_hash"].tolist() == [hashlib.sha256(p.split("/")[1].encode()).hexdigest() for p in cache["path"]]
+    assert (cache["group"] == cache["content_hash"]).all()  # no identity: the image itself is the group
 
 
 def test_utkface_detection_adds_landmarks(utkface_dir, yunet_path, tmp_path):
@@ -129,3 +133,92 @@ def test_detection_inside_metadata_boxes(utkface_dir, yunet_path, tmp_path):
     assert result[build_cache.BOX_COLUMNS].values.tolist() == table[build_cache.BOX_COLUMNS].values.tolist()
     for (_, row), left in zip(result.iterrows(), (40, 360)):  # each row's eyes lie inside its own box
         assert left < row["right_eye_x"] < row["left_eye_x"] < left + 200 and 50 < row["right_eye_y"] < 250
+
+
+def write_utkface(folder, images: dict[str, bytes]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in images.items():
+        (folder / name).write_bytes(content)
+
+
+def test_exact_duplicates_and_ages_over_100(tmp_path, capsys):
+    """Copies with the same labels count once, copies that disagree all go, and so do ages above 100."""
+    write_utkface(tmp_path / "UTKFace", {
+        "30_0_0_1.jpg.chip.jpg": b"same labels", "30_0_0_2.jpg.chip.jpg": b"same labels",
+        "30_0_0_3.jpg.chip.jpg": b"same labels",
+        "30_0_0_4.jpg.chip.jpg": b"disagree", "31_0_0_5.jpg.chip.jpg": b"disagree",
+        "40_1_0_6.jpg.chip.jpg": b"unique", "101_1_0_7.jpg.chip.jpg": b"too old",
+    })
+    out = tmp_path / "utk.csv"
+    assert build_cache.main(["--utkface", str(tmp_path / "UTKFace"), "--out", str(out)]) == 0
+    assert pd.read_csv(out)["path"].tolist() == ["UTKFace/30_0_0_1.jpg.chip.jpg", "UTKFace/40_1_0_6.jpg.chip.jpg"]
+    printed = capsys.readouterr().out
+    assert "dropped      2 rows: extra copies of a byte-identical image with the same labels (1 groups" in printed
+    assert "dropped      2 rows: byte-identical copies whose labels disagree (1 groups)" in printed
+    assert "dropped      1 rows: age outside 0-100" in printed
+
+
+def write_lfw(root):
+    for name, content in [("Ann_Lee", b"a"), ("Ann_Lee", b"b"), ("Bob_Roy", b"c"), ("Kim_Both", b"d"),
+                          ("Nobody_Listed", b"e")]:
+        folder = root / "lfw" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}_{len(list(folder.iterdir())) + 1:04d}.jpg").write_bytes(content)
+    # The real lists have Windows line ends and no final newline; a few names are in both.
+    (root / "female.txt").write_bytes(b"Ann_Lee_0001.jpg\r\nAnn_Lee_0002.jpg\r\nKim_Both_0001.jpg\r\n\r\n")
+    (root / "male.txt").write_bytes(b"Bob_Roy_0001.jpg\r\nKim_Both_0001.jpg\r\nNot_Here_0001.jpg")
+    return ["--lfw", str(root / "lfw"), "--female-names", str(root / "female.txt"),
+            "--male-names", str(root / "male.txt")]
+
+
+def test_lfw_gender_lists(tmp_path, capsys):
+    out = tmp_path / "lfw.csv"
+    assert build_cache.main([*write_lfw(tmp_path), "--out", str(out)]) == 0
+    cache = build_cache.load_cache(out)
+    assert cache[["path", "gender", "group", "source"]].values.tolist() == [
+        ["lfw/Ann_Lee/Ann_Lee_0001.jpg", 0, "Ann_Lee", "lfw"],
+        ["lfw/Ann_Lee/Ann_Lee_0002.jpg", 0, "Ann_Lee", "lfw"],
+        ["lfw/Bob_Roy/Bob_Roy_0001.jpg", 1, "Bob_Roy", "lfw"],
+    ]
+    assert cache["age"].isna().all() and cache["age"].dtype == np.float64  # LFW has no ages
+    assert cache["content_hash"].tolist() == [hashlib.sha256(c).hexdigest() for c in (b"a", b"b", b"c")]
+    printed = capsys.readouterr().out
+    assert "dropped      1 rows: named in both lists (1 names)" in printed
+    assert "dropped      1 rows: in neither list" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lfw", "x"], "--lfw needs --female-names and --male-names"),
+    (["--utkface", "x", "--male-names", "m"], "go with --lfw"),
+])
+def test_lfw_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_cache.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_lfw_detection_keeps_the_central_face(utkface_dir, yunet_path, tmp_path):
+    """A bigger face off-centre (a bystander) loses to the subject in the middle of an LFW photo."""
+    import cv2
+
+    from faces import FaceDetector
+
+    chips = sorted(utkface_dir.iterdir())[:2]
+    photo = np.full((400, 400, 3), 160, np.uint8)
+    photo[0:160, 0:160] = cv2.resize(cv2.imread(str(chips[0])), (160, 160))  # bystander, top left
+    photo[150:250, 150:250] = cv2.resize(cv2.imread(str(chips[1])), (100, 100))  # subject, centred
+    cv2.imwrite(str(tmp_path / "photo.png"), photo)
+    table = build_cache.table_with_columns(pd.DataFrame({"path": ["photo.png"], "gender": [1]}))
+    result = build_cache.add_landmarks(table, tmp_path, FaceDetector("yunet", str(yunet_path)))
+    x1, y1, x2, y2 = result.loc[0, build_cache.BOX_COLUMNS]
+    assert 140 < (x1 + x2) / 2 < 260 and 140 < (y1 + y2) / 2 < 260 and x2 - x1 < 140
+
+
+def test_load_cache_partial_labels_and_older_files(tmp_path):
+    cache = tmp_path / "cache.csv"
+    cache.write_text("path,age,gender\na.jpg,30,\nb.jpg,,1\nc.jpg,40,0\n")  # an older file: no new columns
+    table = build_cache.load_cache(cache)
+    assert table["age"].tolist()[::2] == [30, 40] and np.isnan(table["age"][1])
+    assert np.isnan(table["gender"][0]) and table["gender"].tolist()[1:] == [1, 0]
+    assert table["source"].tolist() == ["", "", ""] and table["race"].isna().all()
+    assert table[build_cache.LANDMARK_COLUMNS].isna().all().all()
