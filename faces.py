@@ -169,22 +169,32 @@ def jitter_matrices(rng: np.random.Generator, count: int, size: int, scale: floa
 
 def frame_face(image: np.ndarray, face: Face, size: int, framing: dict | None = None,
                jitter: np.ndarray | None = None, canvas: int | None = None) -> np.ndarray:
-    """The model's view of one face: a size x size BGR crop (canvas x canvas when given: the same
-    framing on a larger canvas, for jitter to be applied later). Parts outside the photo are mirrored
-    in, which looks like more of the scene rather than a tell-tale smear.
+    """The model's view of one face: a size x size BGR crop. Parts outside the photo are mirrored in,
+    which looks like more of the scene rather than a tell-tale smear.
 
     framing (from the model card; default DEFAULT_FRAMING) gives the landmark template and the box
-    margins; with method "box" the landmarks are not used.
+    margins; with method "box" the landmarks are not used. canvas > size centres the same crop on a
+    larger canvas (room for later jitter): its centre holds exactly the pixels of the plain crop,
+    because every output pixel's source position is computed from its place in the plain crop.
     """
     matrix = framing_matrix(face, size, framing)
     if jitter is not None:
         matrix = (jitter @ np.vstack([matrix, [0, 0, 1]]))[:2]
     canvas = canvas or size
+    offset, reach = (canvas - size) // 2, size // 4 + 2
+    if (canvas - size) % 2 or offset > reach:
+        raise ValueError(f"canvas {canvas} must exceed size {size} by an even number up to {2 * reach}")
     scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
     if scale < 0.5:
         # Shrinking more than 2x in one warp aliases: halve the face's neighbourhood first.
-        image, matrix = _halve_around_crop(image, matrix, canvas, halvings=int(np.ceil(np.log2(0.5 / scale))))
-    return cv2.warpAffine(image, matrix, (canvas, canvas), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        halvings = int(np.ceil(np.log2(0.5 / scale)))
+        image, matrix = _halve_around_crop(image, matrix, size, reach, halvings)
+    inverse = cv2.invertAffineTransform(matrix)
+    place = np.arange(canvas, dtype=np.float64) - offset
+    map_x = inverse[0, 0] * place[None, :] + (inverse[0, 1] * place[:, None] + inverse[0, 2])
+    map_y = inverse[1, 0] * place[None, :] + (inverse[1, 1] * place[:, None] + inverse[1, 2])
+    return cv2.remap(image, map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT_101)
 
 
 def framing_matrix(face: Face, size: int, framing: dict | None = None) -> np.ndarray:
@@ -195,18 +205,17 @@ def framing_matrix(face: Face, size: int, framing: dict | None = None) -> np.nda
     return similarity_from_box(face.box, size, framing["box_framing"][face.box_source])
 
 
-def _halve_around_crop(image: np.ndarray, matrix: np.ndarray, canvas: int, halvings: int):
-    """Crop the region the output covers and halve it `halvings` times with a Gaussian pyramid
-    (cheap, and free of aliasing); return it with the matrix that now maps it to the output.
-
-    The region starts on a multiple of 2**halvings and keeps a generous border, so the pyramid samples
-    the same photo pixels whatever the canvas: a face framed on a larger canvas holds exactly the
-    face framed alone (the packed training cache relies on it)."""
+def _halve_around_crop(image: np.ndarray, matrix: np.ndarray, size: int, reach: int, halvings: int):
+    """Cut out the photo region behind the crop (and `reach` pixels around it, whatever the canvas) and
+    halve it `halvings` times with a Gaussian pyramid (cheap, and free of aliasing); return it with the
+    matrix that now maps it to the crop. The region starts on a multiple of 2**halvings, so the pyramid
+    samples the photo the same way for every crop of this face."""
     step = 2 ** halvings
     inverse = cv2.invertAffineTransform(matrix)
-    corners = np.array([[0, 0, 1], [canvas, 0, 1], [0, canvas, 1], [canvas, canvas, 1]], np.float64) @ inverse.T
+    low, high = -reach, size + reach
+    corners = np.array([[low, low, 1], [high, low, 1], [low, high, 1], [high, high, 1]], np.float64) @ inverse.T
     height, width = image.shape[:2]
-    border = 4 * step
+    border = 4 * step  # the pyramid's support: pixels near the cut see only real neighbours
     x0, y0 = (np.floor((corners.min(0) - border) / step) * step).astype(int)
     x0, y0 = min(max(x0, 0), (width - 1) // step * step), min(max(y0, 0), (height - 1) // step * step)
     x1, y1 = np.ceil(corners.max(0) + border).astype(int)

@@ -149,20 +149,18 @@ def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, framing: 
     its centre is exactly what frame_face gives at image_size."""
     root, framing = Path(root), framing or DEFAULT_FRAMING
     packed_size = packed_size_for(image_size)
-    margin = (packed_size - image_size) // 2
     packed_path = Path(packed_path or root / f"packed_{image_size}_{pack_key(table, image_size, framing)}.npy")
     valid_path = packed_path.with_suffix(".valid.npy")
-    index = {(row_root, path): i for i, (row_root, path) in enumerate(_row_ids(table))}
+    index = {row_id: i for i, row_id in enumerate(_row_ids(table))}
     if packed_path.is_file() and valid_path.is_file():
         return {"images": np.load(packed_path, mmap_mode="r"), "valid": np.load(valid_path), "index": index}
-    to_canvas = np.array([[1, 0, margin], [0, 1, margin], [0, 0, 1]], np.float64)
     valid = np.zeros(len(table), bool)
     records = table.to_dict("records")
     with atomic_path(packed_path) as temp_path:
         images = np.lib.format.open_memmap(temp_path, "w+", np.uint8, (len(table), packed_size, packed_size, 3))
 
         def pack_one(position: int) -> None:
-            crop = frame_row(records[position], root, image_size, framing, to_canvas, canvas=packed_size)
+            crop = frame_row(records[position], root, image_size, framing, canvas=packed_size)
             if crop is not None:
                 images[position], valid[position] = crop, True
 
@@ -176,9 +174,10 @@ def pack_faces(table: pd.DataFrame, root: str | Path, image_size: int, framing: 
     return pack_faces(table, root, image_size, framing, packed_path)
 
 
-def _row_ids(table: pd.DataFrame) -> list[tuple[str, str]]:
-    roots = table["root"].fillna("").astype(str) if "root" in table else [""] * len(table)
-    return list(zip(roots, table["path"].astype(str)))
+def _row_ids(table: pd.DataFrame) -> list[str]:
+    """A key per row naming its image and its face (an image may hold several faces)."""
+    columns = [c for c in ("root", "path", *BOX_COLUMNS, "right_eye_x", "right_eye_y") if c in table]
+    return ["|".join(map(str, values)) for values in table[columns].itertuples(index=False)]
 
 
 class FaceDataset(keras.utils.PyDataset):
@@ -306,10 +305,10 @@ def sampling_probabilities(table: pd.DataFrame, source_weights: dict[str, float]
     missing = set(rows_per_source.index) - set(weights)
     if missing:
         raise UserError(f"no sampling weight for source(s) {', '.join(sorted(missing))}")
-    gender = table["gender"].fillna(-1)
-    class_size = table.groupby([sources, gender])["path"].transform("size")
-    classes_in_source = pd.Series(list(zip(sources, gender))).groupby(sources.to_numpy()).transform("nunique")
-    probability = sources.map(weights).to_numpy(np.float64) / (class_size.to_numpy() * classes_in_source.to_numpy())
+    classes = sources + "|" + table["gender"].fillna(-1).astype(str)  # gender -1: unknown
+    class_size = classes.map(classes.value_counts()).to_numpy(np.float64)
+    classes_in_source = classes.groupby(sources).transform("nunique").to_numpy(np.float64)
+    probability = sources.map(weights).to_numpy(np.float64) / (class_size * classes_in_source)
     return probability / probability.sum()
 
 
