@@ -75,6 +75,7 @@ GRACE_S = 600.0  # the default deadline: 10 minutes ...
 SLOWEST_BYTES_PER_S = 64 * 1024  # ... plus one second per 64 KiB of the file
 COMPRESSED_OPENERS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}  # by magic bytes
 CORRUPT_DATA_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+WRITE_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)  # Windows has no O_NOFOLLOW
 
 
 class BadArchive(UserError):
@@ -202,11 +203,11 @@ class _Deadline:
                             f"run again to resume from {self.part_path}")
 
 
-def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+def _body_chunks(response: requests.Response, decode: bool) -> Iterator[bytes]:
     """The body as it arrives, decoded if the server compressed it anyway. read1 returns what one socket
     read got, so even a server that trickles a byte at a time reaches the deadline check."""
     try:
-        while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
+        while chunk := response.raw.read1(CHUNK_BYTES, decode_content=decode):
             yield chunk
     except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as error:
         raise TransferError(str(error) or type(error).__name__) from None
@@ -223,11 +224,17 @@ def _settle_416(response: requests.Response, part_path: Path, have_bytes: int, s
 
 
 def _body_extent(response: requests.Response, url: str, part_path: Path, have_bytes: int,
-                 size_bytes: int | None) -> tuple[int, int | None]:
-    """Where this response's body goes in the file and the file's whole size (None if unknown)."""
+                 size_bytes: int | None) -> tuple[int, int | None, bool]:
+    """Where this response's body goes in the file, the file's whole size (None if unknown), and whether
+    the body must be decoded (the server compressed it although asked not to)."""
     if "html" in response.headers.get("Content-Type", "").lower():
         raise UserError(f"{url} answered with a web page, not the file: check the URL")
-    compressed = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip") and part_path.name.removesuffix(".part").endswith((".gz", ".tgz")):
+        encoding = "identity"  # Apache labels a .tgz file's own bytes x-gzip: they are the file
+    compressed = encoding not in ("", "identity")
+    if compressed and any(part.strip() not in response.raw.CONTENT_DECODERS for part in encoding.split(",")):
+        raise UserError(f"{url} sends the file with Content-Encoding {encoding!r}, which cannot be decoded here")
     if response.status_code == 206:
         content_range = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", "").strip())
         first, last = (int(content_range[1]), int(content_range[2])) if content_range else (-1, -1)
@@ -245,7 +252,7 @@ def _body_extent(response: requests.Response, url: str, part_path: Path, have_by
     total_bytes = size_bytes if total_bytes is None else total_bytes
     if total_bytes == 0:
         raise UserError(f"{url} sent an empty file")
-    return first, total_bytes
+    return first, total_bytes, compressed
 
 
 def _fetch_once(url: str, part_path: Path, size_bytes: int | None, timeout_s: float, deadline: _Deadline,
@@ -262,12 +269,16 @@ def _fetch_once(url: str, part_path: Path, size_bytes: int | None, timeout_s: fl
         if response.status_code in (401, 403, 404, 410):
             raise UserError(f"download failed: HTTP {response.status_code} for {url}")
         response.raise_for_status()
-        first, total_bytes = _body_extent(response, url, part_path, have_bytes, size_bytes)
+        first, total_bytes, decode = _body_extent(response, url, part_path, have_bytes, size_bytes)
+        free_bytes = shutil.disk_usage(part_path.parent).free
+        if total_bytes is not None and total_bytes - first > free_bytes:  # say so now, not hours later
+            raise UserError(f"no space left for {part_path}: {total_bytes - first} more bytes needed, "
+                            f"{free_bytes} free")
         with open(part_path, "ab" if first else "wb") as out, tqdm(
             total=total_bytes, initial=first, unit="B", unit_scale=True, unit_divisor=1024,
             desc=part_path.name.removesuffix(".part"), disable=not progress,
         ) as bar:
-            for chunk in _body_chunks(response):
+            for chunk in _body_chunks(response, decode):
                 out.write(chunk)
                 bar.update(len(chunk))
                 deadline.check(total_bytes or bar.n)
@@ -387,7 +398,7 @@ def _extract_to_staging(archive: Path, staging: Path, reserved: set[str], progre
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             source = tar.extractfile(member)
-            with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "wb") as out:
+            with open(os.open(target, WRITE_NEW_FILE, 0o666), "wb") as out:
                 while chunk := source.read(CHUNK_BYTES):
                     out.write(chunk)
             bar.update()
@@ -425,8 +436,8 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, progres
         raise UserError(f"archive {archive} not found")
     make_folder(dest)
     marker = dest / f".{archive.name}.extracted"
-    identity = {"archive": archive.name, "size_bytes": archive.stat().st_size,
-                "mtime_ns": archive.stat().st_mtime_ns}
+    archive_stat = archive.stat()
+    identity = {"archive": archive.name, "size_bytes": archive_stat.st_size, "mtime_ns": archive_stat.st_mtime_ns}
     lock_path = dest / ".extract.lock"
     with locked(lock_path, f"another run is extracting into {dest}"):
         if _read_marker(marker) == identity:

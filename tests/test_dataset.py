@@ -32,6 +32,7 @@ class ArchiveServer:
         self.status: int | None = None  # answer everything with this error
         self.content_type = "application/x-tar"
         self.gzip_encoding = False  # compress the body (Content-Encoding: gzip) whatever the client asks
+        self.encoding_label: str | None = None  # a Content-Encoding for the file's own bytes, as Apache gives .tgz
         self.trickle: tuple[int, float] | None = None  # send (bytes, then sleep seconds) at a time
         self.requests: list[str | None] = []  # the Range header of each request
         self.accept_encodings: list[str | None] = []
@@ -70,8 +71,8 @@ class ArchiveServer:
                 else:
                     self.send_response(200)
                 self.send_header("Content-Type", server.content_type)
-                if server.gzip_encoding:
-                    self.send_header("Content-Encoding", "gzip")
+                if server.gzip_encoding or server.encoding_label:
+                    self.send_header("Content-Encoding", server.encoding_label or "gzip")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]

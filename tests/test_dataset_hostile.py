@@ -12,6 +12,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -169,6 +170,29 @@ def test_gzip_content_encoding_is_decoded(server, tmp_path, drop_after):
     assert set(server.accept_encodings) == {"identity"}
 
 
+def test_a_tgz_labelled_x_gzip_is_kept_as_it_is(server, tmp_path):
+    tgz = gzip.compress(make_tar({"lfw/a.jpg": b"a"}))
+    server.files["/lfw.tgz"], server.encoding_label = tgz, "x-gzip"  # Apache's AddEncoding x-gzip .tgz
+    Dataset.download_file(server.url + "/lfw.tgz", tmp_path / "lfw.tgz", hashlib.sha256(tgz).hexdigest(),
+                          size_bytes=len(tgz), progress=False)
+    assert (tmp_path / "lfw.tgz").read_bytes() == tgz
+
+
+def test_an_encoding_that_cannot_be_decoded_is_refused(server, tmp_path):
+    server.files["/a.tar"], server.encoding_label = make_tar({"a": b"a"}), "compress"
+    with pytest.raises(UserError, match="Content-Encoding 'compress'"):
+        Dataset.download_file(server.url + "/a.tar", tmp_path / "a.tar", progress=False)
+    assert not (tmp_path / "a.tar").exists() and not (tmp_path / "a.tar.part").exists()
+
+
+def test_a_download_larger_than_the_free_space_stops_before_it_starts(server, tmp_path, monkeypatch):
+    server.files["/a.tar"] = payload(10)
+    monkeypatch.setattr(Dataset.shutil, "disk_usage", lambda path: SimpleNamespace(free=150_000))
+    with pytest.raises(UserError, match="200000 more bytes needed, 150000 free"):
+        Dataset.download_file(server.url + "/a.tar", tmp_path / "a.tar", progress=False)
+    assert not (tmp_path / "a.tar.part").exists()
+
+
 # --- hostile and damaged archives ---------------------------------------------------------------
 
 def test_symlink_chain_past_path_max_writes_nothing_outside(tmp_path, capsys):
@@ -310,7 +334,9 @@ def test_a_second_run_into_the_same_dest_is_refused_while_the_first_finishes(ser
     first = threading.Thread(target=Dataset.download_file,
                              args=(server.url + "/a.tar", tmp_path / "a.tar"), kwargs=dict(progress=False))
     first.start()
+    give_up = time.monotonic() + 10
     while not (tmp_path / "a.tar.part").exists():
+        assert time.monotonic() < give_up, "the first run never started writing"
         time.sleep(0.005)
     with pytest.raises(UserError, match="another run is downloading"):
         Dataset.download_file(server.url + "/a.tar", tmp_path / "a.tar", progress=False)
