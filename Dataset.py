@@ -316,8 +316,8 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
             except (TransferError, requests.RequestException) as error:
                 if attempt == retries:
                     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                    raise UserError(f"download failed after {retries} attempts: {reason} "
-                                    f"(run again to resume from {part_path})") from None
+                    then = f"run again to resume from {part_path}" if part_path.exists() else "try again later"
+                    raise UserError(f"download failed after {retries} attempts: {reason} ({then})") from None
                 time.sleep(min(2 ** (attempt - 1), 30))  # back off: 1, 2, 4 ... seconds
                 deadline.check(size_bytes or (part_path.stat().st_size if part_path.exists() else 0))
             except OSError as error:  # the network's errors are caught above: this is the disk
