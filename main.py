@@ -4,7 +4,9 @@
     python main.py --dataset imdb --data-dir /data   # IMDB (7 GB)
     python main.py --url http://mirror/wiki_crop.tar # the same archive from a mirror
 
-Each step is skipped when an earlier run finished it, so an interrupted fetch just runs again.
+Each step is skipped when an earlier run finished it, so an interrupted fetch just runs again: the
+download resumes, and an archive found unsafe or corrupt is deleted so that the next run fetches it
+afresh (see Dataset.py for every check made on the way).
 """
 from __future__ import annotations
 
@@ -14,41 +16,39 @@ from pathlib import Path
 import build_cache
 import Dataset
 import filescript
-from utils import UserError, run_cli
+from utils import HelpFormatter, UserError, run_cli
+
+IMDB_WIKI_PARTS = ("wiki", "imdb")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=sorted(Dataset.DATASET_URLS), default="wiki",
-                        help="which IMDB-WIKI part (default: wiki)")
-    parser.add_argument("--data-dir", default="imdb", help="folder for the archive, images and cache (default: imdb)")
-    parser.add_argument("--url", help="download the archive from this URL instead of the official site")
-    parser.add_argument("--sha256", help="expected sha256 of the archive")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--dataset", choices=IMDB_WIKI_PARTS, default="wiki", help="which IMDB-WIKI part")
+    parser.add_argument("--data-dir", default="imdb", help="folder for the archive, images and cache")
+    parser.add_argument("--url", type=Dataset.http_url, help="download the archive from this URL instead")
+    Dataset.add_download_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     data_dir = Path(args.data_dir)
-    url = args.url or Dataset.DATASET_URLS[args.dataset]
-    archive = data_dir / Path(url.split("?")[0]).name
+    source = Dataset.KnownArchive(args.url, args.data_dir) if args.url else Dataset.DATASETS[args.dataset]
 
-    print(f"[1/4] download {url}")
-    Dataset.download_file(url, archive, args.sha256)
-    print(f"[2/4] extract {archive}")
-    Dataset.extract_archive(archive, data_dir)
+    print(f"[1/3] download and extract {source.url}")
+    archive = Dataset.fetch(source, data_dir, args.sha256, args.retries, args.timeout, args.deadline)
 
     cache = data_dir / "cache.csv"
     mat_files = sorted(data_dir.glob(f"*/{args.dataset}.mat")) or sorted(data_dir.glob("**/*.mat"))
     if not mat_files:
         raise UserError(f"no .mat metadata file found under {data_dir} after extracting {archive}")
     if cache.is_file() and cache.stat().st_mtime >= mat_files[0].stat().st_mtime:
-        print(f"[3/4] {cache} is up to date")
+        print(f"[2/3] {cache} is up to date")
     else:
-        print(f"[3/4] build {cache} from {mat_files[0]}")
+        print(f"[2/3] build {cache} from {mat_files[0]}")
         build_cache.main(["--mat", str(mat_files[0]), "--root", str(data_dir), "--out", str(cache)])
 
-    print("[4/4] check images")
+    print("[3/3] check images")
     status = filescript.main(["--cache", str(cache), "--root", str(data_dir),
                               "--write-clean", str(data_dir / "cache.clean.csv")])
     ready = cache if status == 0 else data_dir / "cache.clean.csv"

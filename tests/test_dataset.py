@@ -1,33 +1,41 @@
-"""Dataset.py and main.py against a loopback HTTP server serving archives the tests build."""
+"""Dataset.py against a loopback HTTP server serving archives the tests build (the server is shared
+with test_dataset_hostile.py and test_main.py)."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import write_wiki_mat
 
 import Dataset
-import main as fetch_main
 from utils import UserError
 
 
 class ArchiveServer:
-    """Serves files from a dict; can drop a connection mid-transfer, ignore Range, or answer an error."""
+    """Serves files from a dict, honestly or in one of the ways real servers misbehave."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.drop_after: int | None = None  # bytes sent before the next response is cut (once)
-        self.ignore_range = False
-        self.status: int | None = None
+        self.ignore_range = False  # answer a Range request with the whole file (200)
+        self.range_start: int | None = None  # answer a Range request with a 206 from this byte instead
+        self.refuse_ranges = False  # answer every Range request with a bare 416
+        self.status: int | None = None  # answer everything with this error
+        self.content_type = "application/x-tar"
+        self.gzip_encoding = False  # compress the body (Content-Encoding: gzip) whatever the client asks
+        self.encoding_label: str | None = None  # a Content-Encoding for the file's own bytes, as Apache gives .tgz
+        self.trickle: tuple[int, float] | None = None  # send (bytes, then sleep seconds) at a time
         self.requests: list[str | None] = []  # the Range header of each request
+        self.accept_encodings: list[str | None] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,35 +44,53 @@ class ArchiveServer:
 
             def do_GET(self):
                 server.requests.append(self.headers.get("Range"))
+                server.accept_encodings.append(self.headers.get("Accept-Encoding"))
                 body = server.files.get(self.path)
                 if server.status or body is None:
                     self.send_error(server.status or 404)
                     return
+                if server.gzip_encoding:
+                    body = gzip.compress(body)
                 start = 0
+                if self.headers.get("Range") and server.refuse_ranges:
+                    self.send_response(416)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Range") and not server.ignore_range:
                     start = int(self.headers["Range"].split("=")[1].split("-")[0])
                     if start >= len(body):
                         self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
+                    start = start if server.range_start is None else server.range_start
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
+                self.send_header("Content-Type", server.content_type)
+                if server.gzip_encoding or server.encoding_label:
+                    self.send_header("Content-Encoding", server.encoding_label or "gzip")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 payload = body[start:]
                 if server.drop_after is not None:
                     payload, server.drop_after = payload[:server.drop_after], None
-                    self.wfile.write(payload)
-                    self.wfile.flush()
                     self.close_connection = True
-                    return
-                self.wfile.write(payload)
+                step, pause_s = server.trickle or (len(payload) or 1, 0.0)
+                try:
+                    for offset in range(0, len(payload), step):
+                        self.wfile.write(payload[offset:offset + step])
+                        self.wfile.flush()
+                        time.sleep(pause_s)
+                except OSError:  # the client hung up
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
 
 @pytest.fixture
@@ -76,7 +102,8 @@ def server():
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(Dataset.time, "sleep", lambda seconds: None)
+    """Retries without Dataset's back-off pauses (the server's own pauses stay real)."""
+    monkeypatch.setattr(Dataset, "time", SimpleNamespace(sleep=lambda seconds: None, monotonic=time.monotonic))
 
 
 def make_tar(members: dict[str, bytes]) -> bytes:
@@ -178,56 +205,6 @@ def test_malicious_members_are_refused(tmp_path, name, kind):
         Dataset.extract_archive(archive, dest, progress=False)
     assert not (tmp_path / "escape.txt").exists() and not Path("/tmp/absolute-escape.txt").exists()
     assert not (dest / name.lstrip("/")).exists() and not (dest / "link").is_symlink()
-
-
-def wiki_archive() -> tuple[bytes, int]:
-    rows = [  # two usable rows, one without a face, one without gender
-        dict(dob=723671, photo_taken=2009, full_path="17/10000217_1981-05-05_2009.jpg", gender=1.0,
-             face_location=[5, 5, 50, 50], face_score=4.3),
-        dict(dob=711840, photo_taken=1990, full_path="22/2_1948-12-03_1990.jpg", gender=0.0,
-             face_location=[1, 2, 40, 41], face_score=2.0),
-        dict(dob=711840, photo_taken=1990, full_path="22/3_1948-12-03_1990.jpg", gender=0.0,
-             face_location=[1, 1, 1, 1], face_score=float("-inf")),
-        dict(dob=711840, photo_taken=1990, full_path="22/4_1948-12-03_1990.jpg", gender=float("nan"),
-             face_location=[1, 2, 40, 41], face_score=3.0),
-    ]
-    buffer = io.BytesIO()
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        write_wiki_mat(Path(folder) / "wiki.mat", rows)
-        members = {"wiki_crop/wiki.mat": (Path(folder) / "wiki.mat").read_bytes()}
-    members.update({f"wiki_crop/{r['full_path']}": jpeg_bytes(i, size=256) for i, r in enumerate(rows)})
-    buffer.write(make_tar(members))
-    return buffer.getvalue(), 2
-
-
-def test_main_fetches_end_to_end_through_a_dropped_connection(server, tmp_path, capsys):
-    archive, usable_rows = wiki_archive()
-    server.files["/wiki_crop.tar"] = archive
-    server.drop_after = len(archive) // 3
-    data_dir = tmp_path / "imdb"
-    assert fetch_main.main(["--data-dir", str(data_dir), "--url", server.url + "/wiki_crop.tar"]) == 0
-    cache = pd.read_csv(data_dir / "cache.csv")
-    assert len(cache) == usable_rows
-    assert cache.iloc[0]["path"] == "wiki_crop/17/10000217_1981-05-05_2009.jpg" and cache.iloc[0]["age"] == 28
-    assert cache.iloc[1]["age"] == 1990 - 1948 - 1  # born in December
-    output = capsys.readouterr().out
-    assert "python train.py --cache" in output
-    assert server.requests[1].startswith("bytes=") and server.requests[1] != "bytes=0-"
-    assert fetch_main.main(["--data-dir", str(data_dir), "--url", server.url + "/wiki_crop.tar"]) == 0
-    assert len(server.requests) == 2  # nothing fetched again
-    assert "up to date" in capsys.readouterr().out
-
-
-def test_main_refuses_a_malicious_archive(server, tmp_path, capsys):
-    server.files["/wiki_crop.tar"] = make_tar({"wiki_crop/wiki.mat": b"x", "../../evil.txt": b"owned"})
-    with pytest.raises(SystemExit) as exit_info:
-        fetch_main.run_cli(lambda: fetch_main.main(["--data-dir", str(tmp_path / "imdb"),
-                                                    "--url", server.url + "/wiki_crop.tar"]))
-    assert exit_info.value.code == 1
-    assert "unsafe archive" in capsys.readouterr().err
-    assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
 
 
 def test_archive_on_disk_is_extracted_without_download(tmp_path, capsys):
