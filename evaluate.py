@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_model(model_path: str | Path) -> tuple[Callable[[np.ndarray], dict], dict]:
     """(a function from framed BGR crops to the model's outputs {"age", "gender"}, the model card)
-    for a .keras model with its model.json, or a .onnx model carrying its card (no TensorFlow)."""
+    for a .keras model with its model.json, or a .onnx model carrying its card (run by ONNX Runtime)."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UserError(f"{model_path}: no such model file")
@@ -86,7 +86,8 @@ def load_model(model_path: str | Path) -> tuple[Callable[[np.ndarray], dict], di
     else:
         raise UserError(f"{model_path}: not a model (give a .keras or .onnx file)")
     if not {"age", "gender"} <= set(output_names):
-        raise UserError(f"{model_path}: outputs {', '.join(output_names)}; an age and gender model has 'age' and 'gender'")
+        raise UserError(f"{model_path}: outputs {', '.join(output_names)}, not the 'age' and 'gender' of an age and "
+                        "gender model")
     return run, card
 
 
@@ -263,11 +264,11 @@ def load_sources(caches: list[str], roots: list[str], split_paths: set[str] | No
 
 def format_table(frame: pd.DataFrame) -> str:
     columns = {"n": "n", "n_age": "n age", "age_mae": "MAE", "cs5": "CS@5", "band_exact": "band",
-               "band_within_1": "band+-1", "n_gender": "n gender", "gender_accuracy": "gender",
+               "band_within_1": "band+-1", "n_gender": "n gender", "gender_accuracy": "gender acc",
                "female_accuracy": "female", "male_accuracy": "male"}
     shown = frame[[c for c in frame.columns if c not in columns] + list(columns)].rename(columns=columns)
     formats = {name: "{:.2f}".format if name == "MAE" else "{:.3f}".format
-               for name in ("MAE", "CS@5", "band", "band+-1", "gender", "female", "male")}
+               for name in ("MAE", "CS@5", "band", "band+-1", "gender acc", "female", "male")}
     return shown.to_string(index=False, na_rep="-", formatters=formats)
 
 
@@ -295,6 +296,9 @@ def plot_results(scored: pd.DataFrame, groups: pd.DataFrame, out_dir: Path) -> N
         part = groups[groups["source"] == source]
         bands = part[(part["by"] == "age band") & (part["n_age"] > 0)]
         age_axis.bar(bands["group"], bands["age_mae"])
+        if bands.empty:  # a gender-only source such as LFW
+            age_axis.set(xticks=[], yticks=[])
+            age_axis.text(0.5, 0.5, "no faces with an age", ha="center", transform=age_axis.transAxes)
         age_axis.set(title=f"{source}: age error by true age", xlabel="true age (years)", ylabel="age MAE (years)")
         accuracy_of = part[part["by"] == "age band x gender"].set_index("group")["gender_accuracy"]
         band_names = [b for b in [*AGE_BANDS, NO_AGE] if f"{b} female" in accuracy_of or f"{b} male" in accuracy_of]
@@ -303,8 +307,8 @@ def plot_results(scored: pd.DataFrame, groups: pd.DataFrame, out_dir: Path) -> N
             gender_axis.bar(np.arange(len(band_names)) + offset, accuracy, width=0.4, label=f"true {gender}")
         gender_axis.set_xticks(np.arange(len(band_names)), band_names)
         gender_axis.set(title=f"{source}: gender accuracy by age and true gender", xlabel="true age (years)",
-                        ylabel="gender accuracy", ylim=(0, 1))
-        gender_axis.legend(loc="lower right")
+                        ylabel="gender accuracy", ylim=(0, 1.2), yticks=np.linspace(0, 1, 6))
+        gender_axis.legend(loc="upper center", ncols=2)  # above the bars, which end at 1
     _save(figure, out_dir / "error_by_age.png")
 
 
