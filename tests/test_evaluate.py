@@ -351,3 +351,19 @@ def test_roots_must_match_the_caches(known, capsys):
         evaluate.parse_args(["--model", "m.keras", "--cache", "a.csv", "b.csv", "c.csv", "--root", "x", "y"])
     assert exit_info.value.code == 2
     assert "one per cache (3), not 2" in capsys.readouterr().err
+
+
+def test_train_py_scores_held_out_rows_the_same_way(known):
+    """predict_dataset + summary_metrics: train.py's figures for the model card, from a FaceDataset."""
+    import keras
+
+    from generator import FaceDataset
+
+    dataset = FaceDataset(load_cache(known["cache"]), known["root"], SIZE, batch_size=5)
+    age_true, age_pred, gender_true, male_prob = evaluate.predict_dataset(keras.models.load_model(known["keras"]),
+                                                                          dataset)
+    assert len(age_pred) == len(ROWS) and np.isnan(age_pred[[9, 12]]).all() and np.isnan(male_prob[[9, 12]]).all()
+    expected = expected_figures(scored_rows(ROWS))
+    summary = evaluate.summary_metrics(age_true, age_pred, gender_true, male_prob)
+    assert set(summary) == {"n", "age_mae", "cs5", "gender_accuracy"}
+    assert_figures(summary, {key: expected[key] for key in summary})
