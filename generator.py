@@ -36,7 +36,8 @@ from utils import UserError, atomic_path
 PACK_MARGIN = 0.125  # packed crops keep this share of the side around the face on each side, for jitter
 PACK_FORMAT = 2  # bump when the way crops are packed changes: older packed files are not reused
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
-AGE_BAND_EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]  # nine bands: 0-2, 3-9, 10-19, ..., 60-69, 70+
+AGE_BAND_EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]  # where the nine age bands of reports and splits begin
+AGE_BANDS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
 BOX_FRAMING_SHARE = 0.2  # share of training faces framed by their box (no landmarks): Haar and metadata paths
 
 

@@ -292,11 +292,14 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
     plt.close(figure)
 
 
-def evaluate_split(model: keras.Model, dataset: FaceDataset) -> dict:
-    """Age MAE, CS@5 and gender accuracy of a model over a (non-augmented) dataset."""
-    from evaluate import predict_dataset, summary_metrics
+def held_out_metrics(model: keras.Model, dataset: FaceDataset) -> dict:
+    """evaluate.py's figures over a (non-augmented) dataset: all its faces, and each source apart."""
+    from evaluate import keras_runner, predict_table, table_metrics
 
-    return summary_metrics(*predict_dataset(model, dataset))
+    predictions = predict_table(keras_runner(model), dataset.table, dataset.root, dataset.image_size,
+                                dataset.framing, dataset.batch_size)
+    scored = dataset.table.join(predictions)
+    return {"all": table_metrics(scored), **{name: table_metrics(part) for name, part in scored.groupby("source")}}
 
 
 def main(argv=None) -> int:
@@ -365,7 +368,7 @@ def main(argv=None) -> int:
     best = keras.models.load_model(out / "model.keras", compile=False)
     with atomic_path(out / "model.keras") as temp_path:
         best.save(temp_path)
-    metrics = {name: evaluate_split(best, datasets[name]) for name in ("val", "test")}
+    metrics = {name: held_out_metrics(best, datasets[name]) for name in ("val", "test")}
     unreadable = sorted(set().union(*(d.unreadable for d in datasets.values())))
     if unreadable:
         print(f"skipped {len(unreadable)} unreadable images, e.g. {unreadable[0]}")
