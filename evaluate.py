@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from generator import AGE_BANDS, age_band, frame_row
+from generator import AGE_BANDS, age_band, frame_row, load_source
 from model_card import read_card
 from utils import HelpFormatter, UserError, atomic_path, finite_json, positive_int, run_cli
 
@@ -239,18 +239,15 @@ def read_split(model_path: Path, split: str) -> set[str] | None:
 def load_sources(caches: list[str], roots: list[str], split_paths: set[str] | None,
                  split: str) -> list[tuple[pd.DataFrame, Path]]:
     """(rows to score, their root) per cache, each row with a `source`: its own, else the cache's name."""
-    from build_cache import load_cache
-
     loaded = []
     for cache, root in zip(caches, roots * len(caches) if len(roots) == 1 else roots):
-        table = load_cache(cache)
+        table = load_source(cache, root)
         if split_paths is not None:
             table = table[table["path"].isin(split_paths)]
         if table.empty:
             raise UserError(f"no rows of {cache} are in the '{split}' split"
                             + (" (use --split all for a cache the model was not trained on)" if split != "all" else ""))
-        source = table["source"] if "source" in table else pd.Series(np.nan, index=table.index, dtype=object)
-        loaded.append((table.assign(source=source.fillna(Path(cache).stem).astype(str)), Path(root)))
+        loaded.append((table, Path(root)))
     return loaded
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS
+from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, load_cache
 from faces import DEFAULT_FRAMING, Face, frame_face, framing_matrix, jitter_matrices, read_training_image
 from utils import UserError, atomic_path
 
@@ -39,6 +39,14 @@ SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 AGE_BAND_EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]  # where the nine age bands of reports and splits begin
 AGE_BANDS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
 BOX_FRAMING_SHARE = 0.2  # share of training faces framed by their box (no landmarks): Haar and metadata paths
+
+
+def load_source(cache: str | Path, root: str | Path) -> pd.DataFrame:
+    """One cache's rows, each with its `source` (its own, else the cache's file name) and its `root`."""
+    table = load_cache(cache)  # refuses labels the model cannot learn (they train to NaN)
+    table["source"] = table["source"].where(table["source"] != "", Path(cache).stem)
+    table["root"] = str(root)
+    return table
 
 
 def face_of_row(row) -> Face:
@@ -67,18 +75,13 @@ def frame_row(row, root: str | Path, size: int, framing: dict | None = None, jit
               canvas: int | None = None) -> np.ndarray | None:
     """Read one cache row's image and frame its face; None if the image is missing or corrupt."""
     face = face_of_row(row)
-    has_box = not np.isnan(face.box[0])
-    # JPEGs decode reduced only while the face keeps at least twice the output size.
-    image, factor = read_training_image(image_path_of_row(row, root),
-                                        max(face.box[2:]) / (2 * size) if has_box else 1)
+    # Decoded at full size, as predict.py decodes photos: a reduced decode would shrink differently.
+    image, _ = read_training_image(image_path_of_row(row, root))
     if image is None:
         return None
-    if not has_box:  # the image is the face (an aligned set without detection): frame it whole
+    if np.isnan(face.box[0]):  # the image is the face (an aligned set without detection): frame it whole
         height, width = image.shape[:2]
         face.box, face.box_source = (0.0, 0.0, float(width), float(height)), "yunet"
-    elif factor != 1:
-        face.box = tuple(v / factor for v in face.box)
-        face.landmarks = None if face.landmarks is None else face.landmarks / factor
     return frame_face(image, face, size, framing, jitter, canvas)
 
 

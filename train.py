@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 
 from backbone import AgeMAE, age_distribution_loss, build_model
-from build_cache import load_cache
 from faces import DETECTION_SCORE, make_framing
-from generator import FaceDataset, pack_faces, split_table
+from generator import FaceDataset, load_source, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
                    run_cli)
@@ -84,10 +83,7 @@ def load_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
     roots = args.root * len(args.cache) if len(args.root) == 1 else args.root
     tables = []
     for cache, root in zip(args.cache, roots):
-        table = load_cache(cache)  # refuses labels the model cannot learn (they train to NaN)
-        table["source"] = table["source"].where(table["source"] != "", Path(cache).stem)
-        table["root"] = str(root)
-        tables.append(table)
+        tables.append(load_source(cache, root))
     table = pd.concat(tables, ignore_index=True)
     weights = None
     if args.source_weights:
