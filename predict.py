@@ -289,7 +289,7 @@ def label_layout(image_shape: tuple, faces: list[dict]) -> list[dict]:
 
     Labels are numbered like the table and JSON, sized to their face, kept inside the image and off the
     other faces' boxes and earlier labels: above the box, else below it, else inside its top or bottom
-    edge. The age range is added where there is room for it.
+    edge. The age range is added where there is room for it, and only the number where little fits.
     """
     height, width = image_shape[:2]
     boxes = [tuple(face["box"]) for face in faces]
@@ -301,7 +301,7 @@ def label_layout(image_shape: tuple, faces: list[dict]) -> list[dict]:
         long = f"{short} ({face['age_range'][0]:.0f}-{face['age_range'][1]:.0f})"
         font_scale = min(2.5, max(0.45, min(w, h) / 180))
         label = None
-        for text in (long, short):
+        for text in (long, short, str(face["index"])):
             scale = font_scale
             thickness = max(1, round(scale * 1.6))
             (text_w, text_h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
@@ -321,9 +321,10 @@ def label_layout(image_shape: tuple, faces: list[dict]) -> list[dict]:
                     break
             if label:
                 break
-        if label is None:  # crowded: inside the top of the box, on the image, short text
+        if label is None:  # crowded: the number alone, inside the top of its box and cut to the image
             top = min(max(y, 0), max(height - label_h, 0))
-            label = {"text": short, "rect": [left, top, label_w, label_h], "font_scale": scale, "thickness": thickness}
+            rect = [left, top, min(label_w, width - left), min(label_h, height - top)]
+            label = {"text": text, "rect": rect, "font_scale": scale, "thickness": thickness}
         placed.append(label)
     return placed
 
