@@ -65,8 +65,9 @@ YUNET_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "
 YUNET_MAX_BYTES = 2**20  # the model is 230 kB: a server sending more is not sending YuNet
 YUNET_FETCH_TIMEOUT_S = 5.0  # one short attempt: an offline machine should not wait
 YUNET_RETRY_AFTER_S = 24 * 3600  # after a failed download, runs use Haar without retrying for this long
-# Measured with `--detector haar` on UTKFace chips placed on larger canvases (see the README's Predict section).
-HAAR_FALLBACK_NOTE = "it finds fewer faces and gets more genders wrong (see README, Predict)"
+# Measured on 500 UTKFace faces placed on 640x480 canvases (see the README's Predict section).
+HAAR_FALLBACK_NOTE = ("it found 71% of test faces (YuNet 99.8%) and, on those, ages 6.9 years off on average "
+                      "(YuNet 4.5) and 88% of genders right (YuNet 93%)")
 DETECTION_SCORE = 0.6  # YuNet's confidence threshold; below it faces are mostly false alarms
 DETECTION_MAX_SIDE = 1280  # huge photos are detected on a copy this size, then boxes are scaled back
 MIN_DETECTION_SIDE = 16  # narrower images hold no detectable face
