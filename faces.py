@@ -72,7 +72,6 @@ DETECTION_SCORE = 0.6  # YuNet's confidence threshold; below it faces are mostly
 DETECTION_MAX_SIDE = 1280  # huge photos are detected on a copy this size, then boxes are scaled back
 MIN_DETECTION_SIDE = 16  # narrower images hold no detectable face
 MAX_IMAGE_PIXELS = 100_000_000  # refuse absurd dimensions before decoding (a bomb would need gigabytes)
-_PIL_WARNINGS_LOCK = threading.Lock()
 MAX_FILE_BYTES = 512 * 2**20  # no photo is this large; a bigger file is not read into memory
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
 
@@ -108,10 +107,7 @@ def load_photo(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"{path}: empty file")
     if info.st_size > MAX_FILE_BYTES:
         raise UserError(f"{path}: {info.st_size:,} bytes is too large for a photo (limit {MAX_FILE_BYTES:,})")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"{path}: cannot read: {error.strerror}") from None
+    data = _read_regular_file(path)
     width, height = _image_size(data, path)
     if width * height > MAX_IMAGE_PIXELS:
         raise UserError(f"{path}: {width}x{height} pixels is too large (limit {MAX_IMAGE_PIXELS:,} pixels)")
@@ -122,6 +118,19 @@ def load_photo(path: str | os.PathLike) -> np.ndarray:
     if image is None:
         raise UserError(f"{path}: image data could not be decoded")
     return image
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes. Opened without blocking and checked again once open, so a file swapped for a
+    FIFO after the stat above cannot hang the run."""
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(handle, "rb") as file:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise UserError(f"{path}: not a regular file (a device, FIFO or socket): skipped")
+            return file.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read: {error.strerror}") from None
 
 
 def _image_size(data: bytes, path: Path) -> tuple[int, int]:
@@ -145,6 +154,9 @@ def _check_jpeg_decodes(data: bytes, path: Path) -> None:
             image.load()
     except Exception:
         raise UserError(f"{path}: truncated JPEG (the image data ends early)") from None
+
+
+_PIL_WARNINGS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from utils import unique_path
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
 CHUNK_IMAGES = 256  # images predicted together (their face crops go through the model in one batch)
+MODEL_BATCH = 64  # faces per model run (128 with their mirror images): bounds the network's activations
 CHUNK_PIXELS = 100_000_000  # decoded pixels kept at once for --save; bounds memory whatever the photos' size
 DECODE_AHEAD = min(8, os.cpu_count() or 1)  # images being decoded in threads (OpenCV releases the GIL)
 PROGRESS_MIN_IMAGES = 10  # a progress bar on stderr above this many images
@@ -168,8 +169,10 @@ class AgeGenderPredictor:
         """Age and gender for framed face crops (N x size x size x 3, BGR uint8)."""
         if not len(crops):
             return []
-        outputs = mirror_average(self.run_model, crops)
-        age_probs, male_probs = outputs["age"], outputs["gender"][:, 0]
+        batches = [mirror_average(self.run_model, crops[start:start + MODEL_BATCH])
+                   for start in range(0, len(crops), MODEL_BATCH)]
+        age_probs = np.concatenate([batch["age"] for batch in batches])
+        male_probs = np.concatenate([batch["gender"][:, 0] for batch in batches])
         cumulative = np.cumsum(age_probs, axis=1)
         low, high = (np.argmax(cumulative >= q, axis=1) for q in AGE_RANGE_QUANTILES)
         ages = age_probs @ np.arange(age_probs.shape[1])

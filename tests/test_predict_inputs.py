@@ -92,15 +92,15 @@ def test_hostile_files_in_a_folder_are_each_reported_and_the_rest_processed(tmp_
     cv2.imwrite(str(folder / "failing_disk.png"), colourful())
     os.mkfifo(folder / "fifo.jpg")  # opening it would wait forever for a writer
     (folder / "zero.jpg").symlink_to("/dev/zero")  # reading it would never end
-    read_bytes = Path.read_bytes
+    os_open = os.open
 
-    def flaky_read(path: Path) -> bytes:
-        if path.name in ("denied.png", "failing_disk.png"):
-            code = errno.EACCES if path.name == "denied.png" else errno.EIO
+    def failing_open(path, flags, *args, **kwargs):  # what the OS says for an unreadable file, a failing disk
+        if Path(path).name in ("denied.png", "failing_disk.png"):
+            code = errno.EACCES if Path(path).name == "denied.png" else errno.EIO
             raise OSError(code, os.strerror(code), str(path))
-        return read_bytes(path)
+        return os_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", flaky_read)
+    monkeypatch.setattr(os, "open", failing_open)
     code, out, err = run_predict([str(folder), "--format", "jsonl"], capsys)
     results = {Path(item["image"]).name: item for item in map(json.loads, out.splitlines())}
     assert code == 1 and len(results) == 6
