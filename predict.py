@@ -43,7 +43,7 @@ AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, l
 CHUNK_IMAGES = 256  # images predicted together (their face crops go through the model in one batch)
 MODEL_BATCH = 64  # faces per model run (128 with their mirror images): bounds the network's activations
 CHUNK_PIXELS = 100_000_000  # decoded pixels kept at once for --save; bounds memory whatever the photos' size
-DECODE_AHEAD = min(8, os.cpu_count() or 1)  # images being decoded in threads (OpenCV releases the GIL)
+DECODE_AHEAD = min(4, os.cpu_count() or 1)  # images being decoded in threads (OpenCV releases the GIL)
 PROGRESS_MIN_IMAGES = 10  # a progress bar on stderr above this many images
 NOT_A_CROP_SIDE = 4  # --detector none: warn when an image is this many times the model's input side
 NOT_A_CROP_ASPECT = 1.6  # ... or this far from square
@@ -151,8 +151,8 @@ class AgeGenderPredictor:
         if not fits:
             found = ", ".join(f"{i.name} {i.shape}" for i in inputs) + " -> " + \
                 ", ".join(f"{name} {shape}" for name, shape in outputs.items())
-            raise UserError(f"{model_path} is not an age/gender model: expected input N x {self.size} x {self.size} x 3 "
-                            f"-> age N x 101, gender N x 1; found {found}")
+            expected = f"N x {self.size} x {self.size} x 3 -> age N x 101, gender N x 1"
+            raise UserError(f"{model_path} is not an age/gender model: expected {expected}; found {found}")
 
     def find_faces(self, image: np.ndarray, name: str = "image") -> list[Face]:
         if self.detector is not None:
@@ -196,7 +196,7 @@ class AgeGenderPredictor:
         return faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
 
     def predict_many(self, images: Iterable, color: str = "bgr") -> list[list[dict]]:
-        """Every face of every image (paths, PIL images or arrays), all faces through the model in one batch."""
+        """Every face of every image (paths, PIL images or arrays), the faces through the model together."""
         framed = []
         for image in images:
             image = to_bgr(image, color)
@@ -228,8 +228,13 @@ def load_entry(path: str) -> tuple[dict, np.ndarray | None]:
         return {"image": path, "faces": []}, load_photo(path)
     except UserError as error:
         return {"image": path, "error": str(error).removeprefix(f"{path}: ")}, None
-    except MemoryError:
-        return {"image": path, "error": "out of memory while decoding"}, None
+    except Exception as error:  # MemoryError, an OpenCV limit...: still this image's problem alone
+        return failed(path, "cannot decode", error), None
+
+
+def failed(path: str, what: str, error: Exception) -> dict:
+    reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return {"image": path, "error": f"{what}: {reason}"}
 
 
 def decoded(paths: list[str]) -> Iterator[tuple[dict, np.ndarray | None]]:
@@ -253,8 +258,8 @@ def predict_files(predictor: AgeGenderPredictor, paths: list[str], saver: Annota
         if image is not None:
             try:
                 framed = (image.shape, *predictor._frame_bgr(image, entry["image"]))
-            except (cv2.error, MemoryError, ValueError) as error:
-                entry = {"image": entry["image"], "error": f"face detection failed: {error}".splitlines()[0]}
+            except Exception as error:
+                entry = failed(entry["image"], "face detection failed", error)
         kept = image if saver is not None and framed is not None else None
         chunk.append((entry, framed, kept))
         pixels += kept.size // 3 if kept is not None else 0
@@ -272,8 +277,8 @@ def finish_chunk(predictor: AgeGenderPredictor, chunk: list, saver: AnnotationSa
             if image is not None:
                 try:
                     saver.save(image, entry["faces"], entry["image"])
-                except (UserError, OSError, cv2.error) as error:
-                    entry = {"image": entry["image"], "error": f"annotated copy not written: {error}"}
+                except Exception as error:  # a full disk or a read-only folder: the results still count
+                    entry = failed(entry["image"], "annotated copy not written", error)
         yield entry
 
 
@@ -343,8 +348,9 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
         left, top, label_w, label_h = label["rect"]
         cv2.rectangle(annotated, (left, top), (left + label_w - 1, top + label_h - 1), colour, cv2.FILLED)
         baseline = cv2.getTextSize(label["text"], FONT, label["font_scale"], label["thickness"])[1]
-        cv2.putText(annotated, label["text"], (left + label["thickness"] + 2, top + label_h - baseline - label["thickness"]),
-                    FONT, label["font_scale"], (255, 255, 255), label["thickness"], cv2.LINE_AA)
+        origin = (left + label["thickness"] + 2, top + label_h - baseline - label["thickness"])
+        cv2.putText(annotated, label["text"], origin, FONT, label["font_scale"], (255, 255, 255), label["thickness"],
+                    cv2.LINE_AA)
     return annotated
 
 
@@ -459,9 +465,11 @@ def images_done(part_path: Path, fmt: str) -> set[str]:
 
 @contextmanager
 def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[IO[str], set[str], bool]]:
-    """(stream, images already done, whether the stream continues earlier output). jsonl and csv go to FILE.part line by line, so an interrupted run
-    keeps what it did (--resume continues it); table and json go to a temporary file. Either is renamed
-    onto FILE only when the run completes."""
+    """(stream, images already done, whether the stream continues earlier output).
+
+    jsonl and csv go to FILE.part line by line, so an interrupted run keeps what it did (--resume
+    continues it); table and json go to a temporary file. Either is renamed onto FILE only when the
+    run completes."""
     if output is None:
         yield sys.stdout, set(), False
         return
@@ -473,8 +481,9 @@ def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[I
     part_path = output.with_name(output.name + ".part")
     if resume and not part_path.exists() and output.is_file():
         part_path.write_bytes(output.read_bytes())  # continue a copy: FILE stays whole until the rename
-    continuing = resume and part_path.exists() and part_path.stat().st_size > 0
-    done = images_done(part_path, fmt) if continuing else set()
+    done = images_done(part_path, fmt) if resume and part_path.exists() else set()
+    continuing = resume and part_path.exists() and part_path.stat().st_size > 0  # a header at least
+    part_path.parent.mkdir(parents=True, exist_ok=True)
     with open(part_path, "a" if continuing else "w", newline="") as out:
         yield out, done, continuing
     os.replace(part_path, output)

@@ -129,7 +129,8 @@ def test_a_failed_run_leaves_an_earlier_output_whole(folder, tmp_path, monkeypat
     monkeypatch.setattr(predict, "predict_files", failing)
     code, _, err = run_predict([str(folder), "--detector", "none", "--format", fmt, "--output", str(output)], capsys)
     assert code == 1 and "no space left" in err
-    assert output.read_text() == "earlier results\n" and sorted(p.name for p in tmp_path.iterdir()) == ["photos", "results.out"]
+    assert output.read_text() == "earlier results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "results.out"]  # no temporary file left
     monkeypatch.undo()
     code, out, _ = run_predict([str(folder), "--detector", "none", "--format", fmt, "--output", str(output)], capsys)
     assert code == 1 and out == ""  # the results went to the file
