@@ -303,6 +303,8 @@ def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
     A plain urllib request rather than Dataset.download_file: the file is 230 kB (nothing to resume), and
     prediction then needs no `requests`.
     """
+    if YUNET_CACHE.is_file() and _sha256(YUNET_CACHE) == YUNET_SHA256:
+        return YUNET_CACHE  # already there
     try:
         with urllib.request.urlopen(YUNET_URL, timeout=timeout_s) as response:
             data = response.read(YUNET_MAX_BYTES + 1)

@@ -494,7 +494,7 @@ def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[I
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.fetch_detector:
-        print(f"YuNet face detector saved to {fetch_yunet(timeout_s=60)}")
+        print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
         if not args.paths:
             return 0
     paths = list_images(args.paths)

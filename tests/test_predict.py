@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from test_faces import png_header
+from test_predict_inputs import run_predict
 
 import predict
 from build_cache import UTKFACE_NAME
-from utils import run_cli
 
 SHIPPED = ROOT / "models" / "default" / "model.onnx"
 FACE_KEYS = {"index", "box", "score", "age", "age_range", "gender", "gender_confidence", "p_male"}
-
-
-def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: predict.main(argv))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def chip_label(path: Path) -> tuple[int, int]:

@@ -83,6 +83,8 @@ def test_fetch_detector_downloads_verifies_and_says_where(server, monkeypatch, c
     assert str(faces.YUNET_CACHE) in out and faces.YUNET_CACHE.read_bytes() == body
     assert not faces.yunet_failure_marker().exists()  # fetched: the remembered failure is forgotten
     assert faces.find_yunet() == faces.YUNET_CACHE and server["requests"] == 1  # verified copy, no download
+    code, out, _ = run_predict(["--fetch-detector"], capsys)
+    assert code == 0 and str(faces.YUNET_CACHE) in out and server["requests"] == 1  # nothing to fetch again
 
 
 @pytest.mark.parametrize("body", [None, b"a captive portal's login page"])

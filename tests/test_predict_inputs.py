@@ -207,3 +207,20 @@ def test_detector_none_warns_once_about_images_that_are_not_crops(tmp_path, caps
     assert code == 0 and err == ""
     code, _, err = run_predict([str(tmp_path), "--detector", "none"], capsys)
     assert code == 0 and err.count("warning:") == 1 and "b_photo.png is 800x600 pixels, not a face crop" in err
+
+
+def test_an_unexpected_failure_on_one_image_stays_with_that_image(tmp_path, monkeypatch, capsys):
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(tmp_path / name), colourful())
+    load_photo = predict.load_photo
+
+    def exhausted_on_b(path):
+        if Path(path).name == "b.png":
+            raise MemoryError()
+        return load_photo(path)
+
+    monkeypatch.setattr(predict, "load_photo", exhausted_on_b)
+    code, out, err = run_predict([str(tmp_path), "--format", "jsonl", "--detector", "none"], capsys)
+    results = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and [len(item.get("faces", [])) for item in results] == [1, 0, 1]
+    assert results[1]["error"] == "cannot decode: MemoryError" and err.count("\n") == 1
