@@ -7,17 +7,25 @@ crop around the face box with a margin.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import stat
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import cv2
 import numpy as np
 
-from utils import UserError
+from utils import UserError, atomic_path
 
 # Where YuNet's five landmarks sit in a tightly framed face, as fractions of its side (right eye, left
 # eye, nose tip, right and left mouth corner, subject's right on the image's left). These are the
@@ -54,9 +62,17 @@ YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0
 YUNET_URL = f"https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/{YUNET_FILE}"
 YUNET_ENV = "AGE_GENDER_YUNET"  # path to the YuNet .onnx file, for offline machines
 YUNET_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "age-gender" / YUNET_FILE
+YUNET_MAX_BYTES = 2**20  # the model is 230 kB: a server sending more is not sending YuNet
+YUNET_FETCH_TIMEOUT_S = 5.0  # one short attempt: an offline machine should not wait
+YUNET_RETRY_AFTER_S = 24 * 3600  # after a failed download, runs use Haar without retrying for this long
+# Measured on 500 UTKFace faces placed on 640x480 canvases (see the README's Predict section).
+HAAR_FALLBACK_NOTE = ("it found 71% of test faces (YuNet 99.8%) and, on those, ages 6.9 years off on average "
+                      "(YuNet 4.5) and 88% of genders right (YuNet 93%)")
 DETECTION_SCORE = 0.6  # YuNet's confidence threshold; below it faces are mostly false alarms
 DETECTION_MAX_SIDE = 1280  # huge photos are detected on a copy this size, then boxes are scaled back
+MIN_DETECTION_SIDE = 16  # narrower images hold no detectable face
 MAX_IMAGE_PIXELS = 100_000_000  # refuse absurd dimensions before decoding (a bomb would need gigabytes)
+MAX_FILE_BYTES = 512 * 2**20  # no photo is this large; a bigger file is not read into memory
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
 
 
@@ -71,33 +87,89 @@ class Face:
 # --- reading images -----------------------------------------------------------------------------
 
 def load_photo(path: str | os.PathLike) -> np.ndarray:
-    """Decode a user's photo to 8-bit BGR, upright per EXIF; raise UserError with the reason if it can't."""
-    # PIL reads only the header here: the dimensions are checked before any pixels are decoded.
-    from PIL import Image
+    """Decode a user's photo to 8-bit BGR, upright per EXIF; raise UserError with the reason if it can't.
 
+    Only regular files are opened (a FIFO would hang, a link to /dev/zero would never end), and the
+    dimensions are checked from the header before any pixels are decoded.
+    """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder")
-    data = path.read_bytes()
-    if not data:
-        raise UserError(f"{path}: empty file")
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit below, with a clearer message
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-    except Exception:
-        raise UserError(f"{path}: not an image this tool can read") from None
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as error:
+        raise UserError(f"{path}: {error.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{path}: is a folder")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: not a regular file (a device, FIFO or socket): skipped")
+    if info.st_size == 0:
+        raise UserError(f"{path}: empty file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: {info.st_size:,} bytes is too large for a photo (limit {MAX_FILE_BYTES:,})")
+    data = _read_regular_file(path)
+    width, height = _image_size(data, path)
     if width * height > MAX_IMAGE_PIXELS:
         raise UserError(f"{path}: {width}x{height} pixels is too large (limit {MAX_IMAGE_PIXELS:,} pixels)")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
-        raise UserError(f"{path}: truncated JPEG (no end-of-image marker)")
+        _check_jpeg_decodes(data, path)  # no end marker near the end: truncated, or a trailer (motion photo)?
     # IMREAD_COLOR applies EXIF orientation and turns grey, RGBA and 16-bit images into 8-bit BGR.
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise UserError(f"{path}: image data could not be decoded")
     return image
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes. Opened without blocking and checked again once open, so a file swapped for a
+    FIFO after the stat above cannot hang the run."""
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(handle, "rb") as file:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise UserError(f"{path}: not a regular file (a device, FIFO or socket): skipped")
+            return file.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _image_size(data: bytes, path: Path) -> tuple[int, int]:
+    """(width, height) from the header alone."""
+    from PIL import Image
+
+    try:
+        with _open_with_pil(data) as header:
+            return header.size
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
+    except Exception:
+        raise UserError(f"{path}: not an image this tool can read") from None
+
+
+def _check_jpeg_decodes(data: bytes, path: Path) -> None:
+    """Decode with PIL, which (unlike OpenCV) refuses a JPEG cut short instead of padding it with grey.
+    Data after a complete image, such as a phone's motion-photo video, is fine."""
+    try:
+        with _open_with_pil(data) as image:
+            image.load()
+    except Exception:
+        raise UserError(f"{path}: truncated JPEG (the image data ends early)") from None
+
+
+_PIL_WARNINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _open_with_pil(data: bytes):
+    """PIL's Image.open with its decompression-bomb guard kept (the process-wide Image.MAX_IMAGE_PIXELS is
+    never touched); only its warning, between its limit and twice it, is silenced, here, because our own
+    MAX_IMAGE_PIXELS check follows. catch_warnings is process-wide too, hence one thread at a time."""
+    from PIL import Image
+
+    with _PIL_WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as image:
+            yield image
 
 
 def read_training_image(path: str | os.PathLike, max_reduction: float = 1.0) -> tuple[np.ndarray | None, int]:
@@ -113,11 +185,13 @@ def read_training_image(path: str | os.PathLike, max_reduction: float = 1.0) -> 
 
 
 def list_images(paths: list[str]) -> list[str]:
-    """Expand folders into their image files (sorted); files are kept as given, even if not images."""
+    """Expand folders into their image files (sorted, links to folders not followed); files are kept as
+    given, even if not images."""
     expanded = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path)
+                           for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
             expanded.extend(found or [path])  # a folder without images stays, to be reported as an error
         else:
             expanded.append(path)
@@ -232,12 +306,70 @@ def _halve_around_crop(image: np.ndarray, matrix: np.ndarray, size: int, reach: 
 
 # --- detection ----------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+class DetectorUnavailable(UserError):
+    """YuNet cannot be had (offline, no copy given); the message says how to get it."""
 
 
-def find_yunet(model_path: str | None = None, download: bool = True) -> Path | None:
-    """YuNet's file: --detector-model, then $AGE_GENDER_YUNET, then the cache (downloaded once, verified)."""
+def yunet_failure_marker() -> Path:
+    """A small file beside the cached model remembering when and why the last download failed."""
+    return YUNET_CACHE.with_name(YUNET_CACHE.name + ".unavailable")
+
+
+def how_to_get_yunet() -> str:
+    return (f"run `python predict.py --fetch-detector`, or download {YUNET_URL} to {YUNET_CACHE} "
+            f"(or anywhere, and set {YUNET_ENV} to that file)")
+
+
+def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
+    """Download YuNet into the cache in one short attempt and verify its sha256; DetectorUnavailable if not.
+
+    A plain urllib request rather than Dataset.download_file: the file is 230 kB (nothing to resume), and
+    prediction then needs no `requests`.
+    """
+    if YUNET_CACHE.is_file() and _sha256(YUNET_CACHE) == YUNET_SHA256:
+        return YUNET_CACHE  # already there
+    try:
+        with urllib.request.urlopen(YUNET_URL, timeout=timeout_s) as response:
+            data = response.read(YUNET_MAX_BYTES + 1)
+    except urllib.error.HTTPError as error:
+        _remember_failure(f"download failed: HTTP {error.code} {error.reason}")
+    except (OSError, ValueError) as error:  # URLError and timeouts are OSErrors
+        _remember_failure(f"download failed: {getattr(error, 'reason', None) or error}")
+    if hashlib.sha256(data).hexdigest() != YUNET_SHA256:
+        _remember_failure(f"download from {YUNET_URL} failed its sha256 check")
+    with atomic_path(YUNET_CACHE) as temp_path:
+        temp_path.write_bytes(data)
+    yunet_failure_marker().unlink(missing_ok=True)
+    return YUNET_CACHE
+
+
+def _remember_failure(reason: str) -> NoReturn:
+    marker = yunet_failure_marker()
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{int(time.time())}\n{reason}\n")
+    except OSError:
+        pass  # a read-only cache only costs the next run another short attempt
+    raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}); {how_to_get_yunet()}")
+
+
+def _recent_failure() -> str | None:
+    """The reason of a download failure within YUNET_RETRY_AFTER_S, else None."""
+    try:
+        stamp, reason = yunet_failure_marker().read_text().split("\n", 1)
+        age_s = time.time() - float(stamp)
+    except (OSError, ValueError):
+        return None
+    return reason.strip() if abs(age_s) < YUNET_RETRY_AFTER_S else None  # abs: a clock set back
+
+
+def find_yunet(model_path: str | None = None, download: bool = True, retry: bool = False) -> Path:
+    """YuNet's file: --detector-model, then $AGE_GENDER_YUNET, then the cache (downloaded once, verified).
+
+    A failed download is remembered for YUNET_RETRY_AFTER_S so an offline machine does not wait for the
+    network on every run; retry=True (an explicit --detector yunet) tries again anyway. Raises
+    DetectorUnavailable (a UserError saying how to get YuNet) when there is none.
+    """
     for candidate in (model_path, os.environ.get(YUNET_ENV)):
         if candidate:
             if not Path(candidate).is_file():
@@ -246,33 +378,39 @@ def find_yunet(model_path: str | None = None, download: bool = True) -> Path | N
     if YUNET_CACHE.is_file() and _sha256(YUNET_CACHE) == YUNET_SHA256:
         return YUNET_CACHE
     if not download:
-        return None
-    from Dataset import download_file  # the project's one verified, resumable downloader
+        raise DetectorUnavailable(f"YuNet face detector not found; {how_to_get_yunet()}")
+    reason = None if retry else _recent_failure()
+    if reason:
+        hours = YUNET_RETRY_AFTER_S / 3600
+        raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}; not retried for {hours:.0f} h, "
+                                  f"--detector yunet retries now); {how_to_get_yunet()}")
+    return fetch_yunet()
 
-    try:
-        download_file(YUNET_URL, YUNET_CACHE, sha256=YUNET_SHA256, retries=1, timeout_s=5, progress=False)
-    except UserError:
-        return None
-    return YUNET_CACHE
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class FaceDetector:
-    """Finds faces with YuNet (box, five landmarks, score) or, failing that, OpenCV's Haar cascade."""
+    """Finds faces with YuNet (box, five landmarks, score) or OpenCV's Haar cascade (box only).
 
-    def __init__(self, kind: str = "yunet", model_path: str | None = None, score_threshold: float = DETECTION_SCORE,
+    kind "auto" is YuNet when it can be had, else Haar with a warning; "yunet" insists on YuNet.
+    """
+
+    def __init__(self, kind: str = "auto", model_path: str | None = None, score_threshold: float = DETECTION_SCORE,
                  min_face: int = 0, download: bool = True):
+        if kind not in ("auto", "yunet", "haar"):
+            raise ValueError(f"unknown detector {kind!r}")
         self.kind, self.score_threshold, self.min_face = kind, score_threshold, min_face
-        if kind == "yunet":
-            yunet_path = find_yunet(model_path, download)
-            if yunet_path is None:
-                print("warning: YuNet face detector unavailable (offline?); using OpenCV's Haar cascade "
-                      f"(set {YUNET_ENV} to a copy of {YUNET_FILE})", file=sys.stderr)
+        if kind in ("auto", "yunet"):
+            try:
+                self.yunet = _load_yunet(find_yunet(model_path, download, retry=kind == "yunet"), score_threshold)
+                self.kind = "yunet"
+            except DetectorUnavailable as error:
+                if kind == "yunet":
+                    raise
+                print(f"warning: {error}. Using OpenCV's Haar cascade instead: {HAAR_FALLBACK_NOTE}", file=sys.stderr)
                 self.kind = "haar"
-            else:
-                try:
-                    self.yunet = cv2.FaceDetectorYN.create(str(yunet_path), "", (320, 320), score_threshold, 0.3, 5000)
-                except cv2.error:
-                    raise UserError(f"{yunet_path} is not a YuNet model OpenCV can load") from None
         if self.kind == "haar":
             cascade_path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
             self.haar = cv2.CascadeClassifier(cascade_path)
@@ -283,6 +421,8 @@ class FaceDetector:
         """All faces in a BGR image, largest first, in the image's own pixel coordinates."""
         height, width = image.shape[:2]
         scale = min(1.0, DETECTION_MAX_SIDE / max(height, width))
+        if min(height, width) * scale < MIN_DETECTION_SIDE:
+            return []  # no face fits (a 1 x 3000 strip); YuNet returns garbage on such inputs
         small = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) \
             if scale < 1 else image
         faces = self._detect_yunet(small) if self.kind == "yunet" else self._detect_haar(small)
@@ -299,7 +439,7 @@ class FaceDetector:
         if rows is None:
             return []
         return [Face(tuple(row[:4]), row[4:14].reshape(5, 2).astype(np.float64), float(row[14]), "yunet")
-                for row in rows]
+                for row in rows if np.isfinite(row).all() and row[2] > 0 and row[3] > 0]
 
     def _detect_haar(self, image: np.ndarray) -> list[Face]:
         grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
@@ -308,3 +448,20 @@ class FaceDetector:
                                                         outputRejectLevels=True)
         return [Face(tuple(map(float, box)), None, float(weight), "haar")
                 for box, weight in zip(boxes, np.ravel(weights))]
+
+
+def _load_yunet(path: Path, score_threshold: float):
+    """cv2.FaceDetectorYN on path, tried once on a blank image: a valid ONNX file of another network
+    fails here, with one line, rather than on the first photo."""
+    log_level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's DNN errors are many lines
+    try:
+        yunet = cv2.FaceDetectorYN.create(str(path), "", (64, 64), score_threshold, 0.3, 5000)
+        _, rows = yunet.detect(np.zeros((64, 64, 3), np.uint8))
+        if rows is not None and rows.shape[1] != 15:
+            raise cv2.error("unexpected output shape")
+    except cv2.error:
+        raise UserError(f"{path} is not a YuNet face detector OpenCV can run (expected {YUNET_URL})") from None
+    finally:
+        cv2.utils.logging.setLogLevel(log_level)
+    return yunet

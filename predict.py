@@ -1,56 +1,87 @@
 """Age and gender for every face in photos, with the model we ship, offline and without TensorFlow.
 
-    python predict.py photo.jpg                          # a table: image, face box, age, gender
-    python predict.py photos/ --json                     # one JSON document on stdout
-    python predict.py photo.jpg --save annotated.jpg     # draw a labelled box on each face
-    python predict.py faces/ --detector none             # each image is already one cropped face
+    python predict.py photo.jpg                                 # a table: image, face, box, age, gender
+    python predict.py photos/ --format jsonl --output ages.jsonl  # streamed, one line per image; --resume
+    python predict.py photo.jpg --save annotated.jpg            # a numbered, labelled box on each face
+    python predict.py faces/ --detector none                    # each image is already one cropped face
+    python predict.py --fetch-detector                          # download YuNet once (then works offline)
 
-From Python:
+From Python (the repository on sys.path):
 
     from predict import AgeGenderPredictor
-    faces = AgeGenderPredictor().predict(image_bgr)      # [{"box": [x, y, w, h], "age": 31.4, ...}]
+    faces = AgeGenderPredictor().predict("photo.jpg")   # or a PIL image, or an array with color="bgr"|"rgb"
 
 Faces are found with YuNet (or OpenCV's Haar cascade when YuNet can't be had), framed exactly as in
 training (faces.frame_face, settings from the model card), and run through the ONNX export of the
-Keras model in one batch.
+Keras model in batches.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from faces import Face, FaceDetector, frame_face, list_images, load_photo
+from faces import YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, list_images, load_photo
 from model_card import open_onnx_session, read_card
-from utils import UserError, atomic_path, run_cli
+from utils import HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least, run_cli
+from utils import unique_path
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
-CHUNK_IMAGES = 256  # images decoded and predicted together; bounds memory on large folders
+CHUNK_IMAGES = 256  # images predicted together (their face crops go through the model in one batch)
+MODEL_BATCH = 64  # faces per model run (128 with their mirror images): bounds the network's activations
+CHUNK_PIXELS = 100_000_000  # decoded pixels kept at once for --save; bounds memory whatever the photos' size
+DECODE_AHEAD = min(4, os.cpu_count() or 1)  # images being decoded in threads (OpenCV releases the GIL)
+PROGRESS_MIN_IMAGES = 10  # a progress bar on stderr above this many images
+NOT_A_CROP_SIDE = 4  # --detector none: warn when an image is this many times the model's input side
+NOT_A_CROP_ASPECT = 1.6  # ... or this far from square
+CSV_COLUMNS = ["image", "face", "x", "y", "w", "h", "age", "age_low", "age_high", "gender", "gender_confidence",
+               "p_male", "score", "error"]
+SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    parser.add_argument("--json", action="store_true", help="print one JSON document (a list, one object per image)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table",
+                        help="table and jsonl and csv stream as images are done; json is one document at the end")
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+    parser.add_argument("--output", metavar="FILE",
+                        help="write results here instead of stdout (jsonl/csv: into FILE.part, renamed when done)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --output and jsonl/csv: skip images already in FILE (or an unfinished FILE.part)")
     parser.add_argument("--save", metavar="DIR_OR_FILE",
-                        help="write annotated copies: a folder, or a file for one image")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL),
-                        help="model.onnx with its model.json (default: the shipped model)")
-    parser.add_argument("--detector", choices=["yunet", "haar", "none"], default="yunet",
-                        help="face detector; none: each image is one already-cropped face (default: yunet)")
-    parser.add_argument("--detector-model",
-                        help="YuNet .onnx file (default: $AGE_GENDER_YUNET, else a verified download)")
-    parser.add_argument("--min-face", type=int, default=0, metavar="PIXELS",
-                        help="ignore faces smaller than this (default: 0)")
-    return parser.parse_args(argv)
+                        help="write annotated copies: a folder, or a file for one image (never onto an input)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model.onnx carrying its model card")
+    parser.add_argument("--detector", choices=["auto", "yunet", "haar", "none"], default="auto",
+                        help="auto: YuNet if it can be had, else Haar with a warning; yunet: YuNet or an error "
+                             "(retries a failed download); none: each image is one already-cropped face")
+    parser.add_argument("--detector-model", help="YuNet .onnx file (default: $AGE_GENDER_YUNET, else the cache)")
+    parser.add_argument("--min-face", type=int_at_least(0), default=0, metavar="PIXELS",
+                        help="ignore faces smaller than this")
+    parser.add_argument("--fetch-detector", action="store_true",
+                        help=f"download and verify YuNet into {YUNET_CACHE}, then exit")
+    args = parser.parse_args(argv)
+    if not args.paths and not args.fetch_detector:
+        parser.error("give at least one image or folder (or --fetch-detector)")
+    if args.resume and not (args.output and args.format in ("jsonl", "csv")):
+        parser.error("--resume needs --output and --format jsonl or csv")
+    return args
 
+
+# --- the model ----------------------------------------------------------------------------------
 
 def mirror_average(run, crops: np.ndarray) -> dict[str, np.ndarray]:
     """Model outputs averaged over each face crop and its mirror image: steadier age and gender for
@@ -59,10 +90,42 @@ def mirror_average(run, crops: np.ndarray) -> dict[str, np.ndarray]:
     return {name: (value[:len(crops)] + value[len(crops):]) / 2 for name, value in outputs.items()}
 
 
-class AgeGenderPredictor:
-    """Loads the model and the detector once; predicts every face in BGR images."""
+def to_bgr(image, color: str = "bgr") -> np.ndarray:
+    """An 8-bit BGR array from a path, a PIL image or a numpy array (color says how a 3- or 4-channel
+    array is ordered; greyscale and alpha are converted); UserError for anything else."""
+    if color not in ("bgr", "rgb"):
+        raise UserError(f"color must be 'bgr' or 'rgb', not {color!r}")
+    if isinstance(image, (str, os.PathLike)):
+        return load_photo(image)
+    if type(image).__module__.startswith("PIL."):
+        return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+    if not isinstance(image, np.ndarray):
+        raise UserError(f"expected a path, a PIL image or a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise UserError(f"image array has dtype {image.dtype}: give 8-bit pixels (uint8, 0-255)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.size == 0 or not (image.ndim == 2 or image.ndim == 3 and image.shape[2] in (3, 4)):
+        raise UserError(f"image array of shape {image.shape}: expected height x width (grey), x 3 or x 4 channels")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    conversion = {(3, "bgr"): None, (3, "rgb"): cv2.COLOR_RGB2BGR,
+                  (4, "bgr"): cv2.COLOR_BGRA2BGR, (4, "rgb"): cv2.COLOR_RGBA2BGR}[image.shape[2], color]
+    image = np.ascontiguousarray(image)
+    return image if conversion is None else cv2.cvtColor(image, conversion)
 
-    def __init__(self, model_path: str | Path = DEFAULT_MODEL, detector: str = "yunet",
+
+def clipped_box(box: tuple[float, float, float, float], width: int, height: int) -> list[int]:
+    """[x, y, w, h] in whole pixels, inside the image."""
+    x0, y0 = (min(max(round(v), 0), limit) for v, limit in ((box[0], width), (box[1], height)))
+    x1, y1 = (min(max(round(v), 0), limit) for v, limit in ((box[0] + box[2], width), (box[1] + box[3], height)))
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+class AgeGenderPredictor:
+    """Loads the model and the detector once; predicts every face in images (paths, PIL or arrays)."""
+
+    def __init__(self, model_path: str | Path = DEFAULT_MODEL, detector: str = "auto",
                  detector_model: str | None = None, min_face: int = 0):
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -73,127 +136,384 @@ class AgeGenderPredictor:
         self.framing = self.card["framing"]
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
+        self._check_network(model_path)
         self.detector = None if detector == "none" else FaceDetector(
             detector, detector_model, score_threshold=self.card["detector"]["score_threshold"], min_face=min_face)
+        self.warned_not_a_crop = False
 
-    def find_faces(self, image: np.ndarray) -> list[Face]:
-        if self.detector is None:
-            height, width = image.shape[:2]
-            return [Face((0.0, 0.0, float(width), float(height)), None, 1.0, "yunet")]
-        return self.detector.detect(image)
+    def _check_network(self, model_path: Path) -> None:
+        """One clear line when a valid ONNX file is some other network than an age/gender model."""
+        inputs, outputs = self.session.get_inputs(), {o.name: o.shape for o in self.session.get_outputs()}
+        input_shape = inputs[0].shape if len(inputs) == 1 else None
+        fits = (input_shape is not None and len(input_shape) == 4 and list(input_shape[1:]) == [self.size, self.size, 3]
+                and len(outputs.get("age", [])) == 2 and outputs["age"][1] == 101
+                and len(outputs.get("gender", [])) == 2 and outputs["gender"][1] == 1)
+        if not fits:
+            found = ", ".join(f"{i.name} {i.shape}" for i in inputs) + " -> " + \
+                ", ".join(f"{name} {shape}" for name, shape in outputs.items())
+            expected = f"N x {self.size} x {self.size} x 3 -> age N x 101, gender N x 1"
+            raise UserError(f"{model_path} is not an age/gender model: expected {expected}; found {found}")
+
+    def find_faces(self, image: np.ndarray, name: str = "image") -> list[Face]:
+        if self.detector is not None:
+            return self.detector.detect(image)
+        height, width = image.shape[:2]
+        if not self.warned_not_a_crop and (max(height, width) > NOT_A_CROP_SIDE * self.size
+                                           or max(height, width) > NOT_A_CROP_ASPECT * min(height, width)):
+            print(f"warning: --detector none takes each image as one cropped face, but {name} is {width}x{height} "
+                  "pixels, not a face crop: use a detector for photos", file=sys.stderr)
+            self.warned_not_a_crop = True
+        return [Face((0.0, 0.0, float(width), float(height)), None, 1.0, "yunet")]
 
     def predict_faces(self, crops: np.ndarray) -> list[dict]:
         """Age and gender for framed face crops (N x size x size x 3, BGR uint8)."""
         if not len(crops):
             return []
-        outputs = mirror_average(self.run_model, crops)
-        age_probs, male_probs = outputs["age"], outputs["gender"][:, 0]
+        batches = [mirror_average(self.run_model, crops[start:start + MODEL_BATCH])
+                   for start in range(0, len(crops), MODEL_BATCH)]
+        age_probs = np.concatenate([batch["age"] for batch in batches])
+        male_probs = np.concatenate([batch["gender"][:, 0] for batch in batches])
         cumulative = np.cumsum(age_probs, axis=1)
         low, high = (np.argmax(cumulative >= q, axis=1) for q in AGE_RANGE_QUANTILES)
         ages = age_probs @ np.arange(age_probs.shape[1])
         return [{"age": round(float(age), 1), "age_range": [float(lo), float(hi)],
                  "gender": "male" if male >= 0.5 else "female",
-                 "gender_confidence": round(float(max(male, 1 - male)), 3)}
+                 "gender_confidence": round(float(max(male, 1 - male)), 3), "p_male": round(float(male), 4)}
                 for age, lo, hi, male in zip(ages, low, high, male_probs)]
 
     def run_model(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """The model's raw outputs ("age": N x 101 probabilities, "gender": N x 1 P(male)) for framed crops."""
         return dict(zip(self.output_names, self.session.run(None, {self.input_name: crops.astype(np.float32)})))
 
-    def frame(self, image: np.ndarray) -> tuple[list[Face], np.ndarray]:
+    def frame(self, image, color: str = "bgr") -> tuple[list[Face], np.ndarray]:
         """The faces in an image and their crops, framed as the model was trained."""
-        faces = self.find_faces(image)
+        image = to_bgr(image, color)
+        return self._frame_bgr(image)
+
+    def _frame_bgr(self, image: np.ndarray, name: str = "image") -> tuple[list[Face], np.ndarray]:
+        faces = self.find_faces(image, name)
         crops = [frame_face(image, face, self.size, self.framing) for face in faces]
         return faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
 
-    def predict_many(self, images: list[np.ndarray]) -> list[list[dict]]:
-        """Every face of every image, all faces through the model in one batch."""
-        framed = [self.frame(image) for image in images]
-        faces_per_image = [faces for faces, _ in framed]
-        results = iter(self.predict_faces(np.concatenate([crops for _, crops in framed])) if framed else [])
-        return [[{"box": [round(v, 1) for v in face.box], **next(results)} for face in faces]
-                for faces in faces_per_image]
+    def predict_many(self, images: Iterable, color: str = "bgr") -> list[list[dict]]:
+        """Every face of every image (paths, PIL images or arrays), the faces through the model together."""
+        framed = []
+        for image in images:
+            image = to_bgr(image, color)
+            framed.append((image.shape, *self._frame_bgr(image)))
+        return self._describe(framed)
 
-    def predict(self, image: np.ndarray) -> list[dict]:
-        """Every face in one BGR image: box [x, y, w, h], age, age_range, gender, gender_confidence."""
-        return self.predict_many([image])[0]
+    def _describe(self, framed: list[tuple[tuple, list[Face], np.ndarray]]) -> list[list[dict]]:
+        """The face dicts (the README's schema) for (image shape, faces, crops) of several images."""
+        crops = [crops for _, _, crops in framed]
+        predictions = iter(self.predict_faces(np.concatenate(crops)) if crops else [])
+        return [[{"index": index, "box": clipped_box(face.box, shape[1], shape[0]), "score": round(face.score, 3),
+                  **next(predictions)} for index, face in enumerate(faces)]
+                for shape, faces, _ in framed]
 
-
-def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
-    """A copy of image with a box and an 'F 31' label per face, sized to stay readable at any resolution."""
-    annotated = image.copy()
-    scale = max(annotated.shape[:2]) / 1000
-    thickness = max(1, round(2 * scale))
-    for face in faces:
-        x, y, width, height = (round(v) for v in face["box"])
-        colour = (60, 60, 230) if face["gender"] == "female" else (230, 140, 40)
-        cv2.rectangle(annotated, (x, y), (x + width, y + height), colour, thickness)
-        label = f"{face['gender'][0].upper()} {face['age']:.0f}"
-        font_scale = max(0.4, height / 120)
-        (text_width, text_height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        top = max(0, y - text_height - baseline - thickness)
-        cv2.rectangle(annotated, (x, top), (x + text_width + 2 * thickness, top + text_height + baseline + thickness),
-                      colour, cv2.FILLED)
-        cv2.putText(annotated, label, (x + thickness, top + text_height + thickness), cv2.FONT_HERSHEY_SIMPLEX,
-                    font_scale, (255, 255, 255), thickness, cv2.LINE_AA)
-    return annotated
+    def predict(self, image, color: str = "bgr") -> list[dict]:
+        """Every face in one image, largest first: index, box [x, y, w, h], score, age, age_range, gender,
+        gender_confidence, p_male. image: a path, a PIL image or an array (BGR unless color="rgb")."""
+        return self.predict_many([image], color)[0]
 
 
-def save_annotated(image: np.ndarray, faces: list[dict], source: str, save: str, single: bool) -> None:
-    target = Path(save)
-    if not (single and target.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp"}):
-        target = target / f"{Path(source).stem}_annotated.jpg"
-    with atomic_path(target) as temp_path:
-        if not cv2.imwrite(str(temp_path), annotate(image, faces)):
-            raise UserError(f"cannot write {target}")
-
-
-def print_table(results: list[dict]) -> None:
-    print(f"{'image':40} {'face box (x, y, w, h)':24} {'age':>5} {'range':>9}  {'gender':8} {'conf':>5}")
-    for result in results:
-        if "error" in result:
-            print(f"{result['image']:40} error: {result['error']}")
-        elif not result["faces"]:
-            print(f"{result['image']:40} no face found")
-        for face in result.get("faces", []):
-            box = ", ".join(f"{v:.0f}" for v in face["box"])
-            low, high = face["age_range"]
-            print(f"{result['image']:40} {box:24} {face['age']:5.1f} {low:4.0f}-{high:<4.0f}  "
-                  f"{face['gender']:8} {face['gender_confidence']:5.2f}")
-
+# --- running over many files --------------------------------------------------------------------
 
 def load_entry(path: str) -> tuple[dict, np.ndarray | None]:
-    """The JSON object for one input and its pixels, or the object with an "error" and None."""
+    """The JSON object for one input and its pixels, or the object with an "error" and None.
+    Every failure stays with its image: one bad file never sinks the batch."""
     try:
         if Path(path).is_dir():
             raise UserError(f"{path}: folder holds no images")
         return {"image": path, "faces": []}, load_photo(path)
     except UserError as error:
         return {"image": path, "error": str(error).removeprefix(f"{path}: ")}, None
+    except Exception as error:  # MemoryError, an OpenCV limit...: still this image's problem alone
+        return failed(path, "cannot decode", error), None
 
+
+def failed(path: str, what: str, error: Exception) -> dict:
+    reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return {"image": path, "error": f"{what}: {reason}"}
+
+
+def decoded(paths: list[str]) -> Iterator[tuple[dict, np.ndarray | None]]:
+    """load_entry of each path, in order, with at most DECODE_AHEAD decodes running ahead of the consumer."""
+    with ThreadPoolExecutor(DECODE_AHEAD) as pool:
+        pending = [pool.submit(load_entry, path) for path in paths[:DECODE_AHEAD]]
+        for position in range(len(paths)):
+            entry = pending.pop(0).result()
+            if position + DECODE_AHEAD < len(paths):
+                pending.append(pool.submit(load_entry, paths[position + DECODE_AHEAD]))
+            yield entry
+
+
+def predict_files(predictor: AgeGenderPredictor, paths: list[str], saver: AnnotationSaver | None = None
+                  ) -> Iterator[dict]:
+    """One result per path, in order, as chunks finish. Only face crops are kept between decoding and
+    the model, plus (for --save) the chunk's images, at most CHUNK_PIXELS of them."""
+    chunk, pixels = [], 0
+    for entry, image in decoded(paths):
+        framed = None
+        if image is not None:
+            try:
+                framed = (image.shape, *predictor._frame_bgr(image, entry["image"]))
+            except Exception as error:
+                entry = failed(entry["image"], "face detection failed", error)
+        kept = image if saver is not None and framed is not None else None
+        chunk.append((entry, framed, kept))
+        pixels += kept.size // 3 if kept is not None else 0
+        if len(chunk) >= CHUNK_IMAGES or pixels >= CHUNK_PIXELS:
+            yield from finish_chunk(predictor, chunk, saver)
+            chunk, pixels = [], 0
+    yield from finish_chunk(predictor, chunk, saver)
+
+
+def finish_chunk(predictor: AgeGenderPredictor, chunk: list, saver: AnnotationSaver | None) -> Iterator[dict]:
+    faces_per_image = iter(predictor._describe([framed for _, framed, _ in chunk if framed is not None]))
+    for entry, framed, image in chunk:
+        if framed is not None:
+            entry["faces"] = next(faces_per_image)
+            if image is not None:
+                try:
+                    saver.save(image, entry["faces"], entry["image"])
+                except Exception as error:  # a full disk or a read-only folder: the results still count
+                    entry = failed(entry["image"], "annotated copy not written", error)
+        yield entry
+
+
+# --- annotated copies ---------------------------------------------------------------------------
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+COLOURS = {"female": (60, 60, 230), "male": (230, 140, 40)}
+
+
+def rectangles_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def label_layout(image_shape: tuple, faces: list[dict]) -> list[dict]:
+    """Where each face's label goes: {"text", "rect": [x, y, w, h], "font_scale", "thickness"} per face.
+
+    Labels are numbered like the table and JSON, sized to their face, kept inside the image and off the
+    other faces' boxes and earlier labels: above the box, else below it, else inside its top or bottom
+    edge. The age range is added where there is room for it, and only the number where little fits.
+    """
+    height, width = image_shape[:2]
+    boxes = [tuple(face["box"]) for face in faces]
+    placed = []
+    for number, face in enumerate(faces):
+        x, y, w, h = boxes[number]
+        others = boxes[:number] + boxes[number + 1:]
+        short = f"{face['index']} {face['gender'][0].upper()} {face['age']:.0f}"
+        long = f"{short} ({face['age_range'][0]:.0f}-{face['age_range'][1]:.0f})"
+        font_scale = min(2.5, max(0.45, min(w, h) / 180))
+        label = None
+        for text in (long, short, str(face["index"])):
+            scale = font_scale
+            thickness = max(1, round(scale * 1.6))
+            (text_w, text_h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
+            while text_w + 2 * thickness + 4 > width and scale > 0.3:  # shrink to fit a narrow image
+                scale *= 0.8
+                thickness = max(1, round(scale * 1.6))
+                (text_w, text_h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
+            label_w, label_h = text_w + 2 * thickness + 4, text_h + baseline + 2 * thickness
+            left = min(max(x, 0), max(width - label_w, 0))
+            for top in (y - label_h, y + h, y, y + h - label_h):
+                rect = (left, top, label_w, label_h)
+                inside = top >= 0 and top + label_h <= height and label_w <= width
+                clear = not any(rectangles_overlap(rect, other) for other in others) and \
+                    not any(rectangles_overlap(rect, other["rect"]) for other in placed)
+                if inside and clear:
+                    label = {"text": text, "rect": list(rect), "font_scale": scale, "thickness": thickness}
+                    break
+            if label:
+                break
+        if label is None:  # crowded: the number alone, inside the top of its box and cut to the image
+            top = min(max(y, 0), max(height - label_h, 0))
+            rect = [left, top, min(label_w, width - left), min(label_h, height - top)]
+            label = {"text": text, "rect": rect, "font_scale": scale, "thickness": thickness}
+        placed.append(label)
+    return placed
+
+
+def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
+    """A copy of image with a numbered box and an "0 F 31 (27-36)" label per face (see label_layout)."""
+    annotated = image.copy()
+    for face, label in zip(faces, label_layout(image.shape, faces)):
+        x, y, w, h = face["box"]
+        colour = COLOURS[face["gender"]]
+        stroke = max(2, round(min(w, h) / 60))  # visible on small photos, proportionate on large faces
+        cv2.rectangle(annotated, (x, y), (x + w - 1, y + h - 1), colour, stroke)
+        left, top, label_w, label_h = label["rect"]
+        cv2.rectangle(annotated, (left, top), (left + label_w - 1, top + label_h - 1), colour, cv2.FILLED)
+        baseline = cv2.getTextSize(label["text"], FONT, label["font_scale"], label["thickness"])[1]
+        origin = (left + label["thickness"] + 2, top + label_h - baseline - label["thickness"])
+        cv2.putText(annotated, label["text"], origin, FONT, label["font_scale"], (255, 255, 255), label["thickness"],
+                    cv2.LINE_AA)
+    return annotated
+
+
+class AnnotationSaver:
+    """Writes annotated copies: to one file (a single input), or as NAME_annotated.jpg in a folder with
+    colliding names numbered (utils.unique_path). Never onto an input file."""
+
+    def __init__(self, save: str, inputs: list[str]):
+        self.target = Path(save)
+        self.single_file = len(inputs) == 1 and self.target.suffix.lower() in SAVE_SUFFIXES
+        if self.single_file:
+            check_output_file(self.target, inputs)
+        elif self.target.exists() and not self.target.is_dir():
+            raise UserError(f"--save {save}: for several images give a folder, not a file")
+        self.taken = {Path(path).resolve() for path in inputs}  # an input's name is never reused
+
+    def save(self, image: np.ndarray, faces: list[dict], source: str) -> Path:
+        if self.single_file:
+            target = self.target
+        else:
+            target = unique_path((self.target / f"{Path(source).stem}_annotated.jpg").resolve(), self.taken)
+        with atomic_path(target) as temp_path:
+            if not cv2.imwrite(str(temp_path), annotate(image, faces)):
+                raise UserError(f"cannot write {target}")
+        return target
+
+
+# --- output formats -----------------------------------------------------------------------------
+
+def table_widths(paths: list[str]) -> dict[str, int]:
+    return {"image": max([len("image")] + [len(path) for path in paths]), "box": len("1234, 1234, 1234, 1234")}
+
+
+def table_row(widths: dict[str, int], image: str, *cells: str) -> str:
+    """One line of the table; the header and every row share these column widths."""
+    columns = [(widths["image"], "<"), (4, ">"), (widths["box"], "<"), (5, ">"), (7, ">"), (6, "<"), (4, ">")]
+    text = "  ".join(f"{cell:{align}{width}}" for cell, (width, align) in zip((image, *cells), columns))
+    return text.rstrip()
+
+
+def table_lines(result: dict, widths: dict[str, int]) -> list[str]:
+    if "error" in result:
+        return [table_row(widths, result["image"], "", f"error: {result['error']}")]
+    if not result["faces"]:
+        return [table_row(widths, result["image"], "", "no face found")]
+    return [table_row(widths, result["image"], str(face["index"]), ", ".join(map(str, face["box"])),
+                      f"{face['age']:.1f}", f"{face['age_range'][0]:.0f}-{face['age_range'][1]:.0f}",
+                      face["gender"], f"{face['gender_confidence']:.2f}")
+            for face in result["faces"]]
+
+
+def csv_rows(result: dict) -> list[list]:
+    if "error" in result or not result["faces"]:
+        return [[result["image"]] + [""] * (len(CSV_COLUMNS) - 2) + [result.get("error", "")]]
+    return [[result["image"], face["index"], *face["box"], face["age"], *face["age_range"], face["gender"],
+             face["gender_confidence"], face["p_male"], face["score"], ""] for face in result["faces"]]
+
+
+class ResultWriter:
+    """Writes results in one format as they come (json: one document at close)."""
+
+    def __init__(self, out: IO[str], fmt: str, paths: list[str], header: bool = True):
+        self.out, self.format, self.held = out, fmt, []
+        self.widths = table_widths(paths)
+        self.csv = csv.writer(out) if fmt == "csv" else None
+        if header and fmt == "table":
+            self.out.write(table_row(self.widths, "image", "face", "box (x, y, w, h)", "age", "range", "gender",
+                                     "conf") + "\n")
+        if header and fmt == "csv":
+            self.csv.writerow(CSV_COLUMNS)
+
+    def write(self, result: dict) -> None:
+        if self.format == "json":
+            self.held.append(result)
+            return
+        if self.format == "jsonl":
+            self.out.write(finite_json(result) + "\n")
+        elif self.format == "csv":
+            self.csv.writerows(json_free_rows(csv_rows(result)))
+        else:
+            self.out.write("\n".join(table_lines(result, self.widths)) + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.format == "json":
+            self.out.write(finite_json(self.held, indent=2) + "\n")
+        self.out.flush()
+
+
+def json_free_rows(rows: list[list]) -> list[list]:
+    """CSV cells with NaN or infinity left empty, as finite_json does for JSON."""
+    return [["" if isinstance(cell, float) and not math.isfinite(cell) else cell for cell in row] for row in rows]
+
+
+def images_done(part_path: Path, fmt: str) -> set[str]:
+    """The images an earlier run already wrote into part_path, dropping a last line cut short."""
+    data = part_path.read_bytes()
+    complete = data[:data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        part_path.write_bytes(complete)
+    lines = complete.decode("utf-8", errors="replace").splitlines()
+    if fmt == "csv":
+        return {row[0] for row in csv.reader(lines[1:]) if row}
+    done = set()
+    for line in lines:
+        try:
+            done.add(json.loads(line)["image"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+@contextmanager
+def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[IO[str], set[str], bool]]:
+    """(stream, images already done, whether the stream continues earlier output).
+
+    jsonl and csv go to FILE.part line by line, so an interrupted run keeps what it did (--resume
+    continues it); table and json go to a temporary file. Either is renamed onto FILE only when the
+    run completes."""
+    if output is None:
+        yield sys.stdout, set(), False
+        return
+    output = Path(output)
+    if fmt not in ("jsonl", "csv"):
+        with atomic_path(output) as temp_path, open(temp_path, "w", newline="") as out:
+            yield out, set(), False
+        return
+    part_path = output.with_name(output.name + ".part")
+    if resume and not part_path.exists() and output.is_file():
+        part_path.write_bytes(output.read_bytes())  # continue a copy: FILE stays whole until the rename
+    done = images_done(part_path, fmt) if resume and part_path.exists() else set()
+    continuing = resume and part_path.exists() and part_path.stat().st_size > 0  # a header at least
+    part_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(part_path, "a" if continuing else "w", newline="") as out:
+        yield out, done, continuing
+    os.replace(part_path, output)
+
+
+# --- command line -------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+    if args.fetch_detector:
+        print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
+        if not args.paths:
+            return 0
     paths = list_images(args.paths)
-    results = []
-    for start in range(0, len(paths), CHUNK_IMAGES):
-        with ThreadPoolExecutor(os.cpu_count()) as pool:  # OpenCV decodes without holding the GIL
-            entries = list(pool.map(load_entry, paths[start:start + CHUNK_IMAGES]))
-        predictions = iter(predictor.predict_many([image for _, image in entries if image is not None]))
-        for result, image in entries:
-            if image is not None:
-                result["faces"] = next(predictions)
-                if args.save:
-                    save_annotated(image, result["faces"], result["image"], args.save, single=len(paths) == 1)
-            results.append(result)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_table(results)
-    failed = [r for r in results if "error" in r]
-    for result in failed:
-        print(f"error: {result['image']}: {result['error']}", file=sys.stderr)
+    if args.output:
+        check_output_file(args.output, paths)
+    saver = AnnotationSaver(args.save, paths) if args.save else None
+    predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+    failed = 0
+    with open_results(args.output, args.format, args.resume) as (out, done, continuing):
+        todo = [path for path in paths if path not in done]
+        writer = ResultWriter(out, args.format, todo, header=not continuing)
+        with tqdm(total=len(todo), unit="image", file=sys.stderr, disable=len(todo) <= PROGRESS_MIN_IMAGES) as bar:
+            for result in predict_files(predictor, todo, saver):
+                writer.write(result)
+                if "error" in result:
+                    failed += 1
+                    bar.write(f"error: {result['image']}: {result['error']}", file=sys.stderr)
+                bar.update()
+        writer.close()
     return 1 if failed else 0
 
 

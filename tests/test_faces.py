@@ -125,3 +125,36 @@ def test_exif_orientation_is_honoured(tmp_path):
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif)
     assert load_photo(tmp_path / "rotated.jpg").shape[:2] == (80, 40)
+
+
+def test_jpeg_with_a_trailer_after_its_image_decodes(tmp_path):
+    """A phone's motion photo: the video follows the JPEG, so the end marker is not in the last 4 kB."""
+    pixels = np.full((120, 160, 3), 90, np.uint8)
+    path = tmp_path / "motion.jpg"
+    path.write_bytes(cv2.imencode(".jpg", pixels)[1].tobytes() + b"\0\0\0\x18ftypmp42" + bytes(50_000))
+    assert load_photo(path).shape == (120, 160, 3)
+
+
+def test_pil_keeps_its_own_bomb_guard(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    path = tmp_path / "big.png"
+    path.write_bytes(png_header(10_000, 9_500))  # 95 MP: over PIL's warning level, under our limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning escapes to the caller
+        with pytest.raises(UserError, match="could not be decoded"):  # a header without pixels
+            load_photo(path)
+    assert Image.MAX_IMAGE_PIXELS == limit and limit is not None  # the process-wide guard is untouched
+
+
+def test_fifos_and_devices_are_refused_without_being_opened(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.jpg")  # opening it would block until a writer came
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    for name in ("fifo.jpg", "zero.jpg"):
+        with pytest.raises(UserError, match="not a regular file"):
+            load_photo(tmp_path / name)

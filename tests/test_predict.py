@@ -11,19 +11,13 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from test_faces import png_header
+from test_predict_inputs import run_predict
 
 import predict
 from build_cache import UTKFACE_NAME
-from utils import run_cli
 
 SHIPPED = ROOT / "models" / "default" / "model.onnx"
-
-
-def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: predict.main(argv))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+FACE_KEYS = {"index", "box", "score", "age", "age_range", "gender", "gender_confidence", "p_male"}
 
 
 def chip_label(path: Path) -> tuple[int, int]:
@@ -52,9 +46,17 @@ def test_json_schema_and_every_face_of_a_composite(composite, yunet_path, capsys
     assert len(document) == 1 and set(document[0]) == {"image", "faces"} and document[0]["image"] == str(path)
     faces = document[0]["faces"]
     assert len(faces) == len(placements)
+    assert [face["index"] for face in faces] == list(range(len(faces)))
+    areas = [face["box"][2] * face["box"][3] for face in faces]
+    assert areas == sorted(areas, reverse=True)  # largest first
     for face in faces:
-        assert set(face) == {"box", "age", "age_range", "gender", "gender_confidence"}
-        assert len(face["box"]) == 4 and all(isinstance(v, float) for v in face["box"])
+        assert set(face) == FACE_KEYS
+        assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
+        x, y, w, h = face["box"]
+        assert x >= 0 and y >= 0 and x + w <= 1000 and y + h <= 420  # clipped to the image
+        assert 0.6 <= face["score"] <= 1 and round(face["score"], 3) == face["score"]
+        assert abs(face["p_male"] - (1 - face["gender_confidence"] if face["gender"] == "female"
+                                     else face["gender_confidence"])) < 1e-3
         assert 0 <= face["age_range"][0] <= face["age"] <= face["age_range"][1] <= 100
         assert face["gender"] in ("male", "female") and 0.5 <= face["gender_confidence"] <= 1
     for x, y, side in placements:  # each chip holds exactly one detected face centre
@@ -122,12 +124,12 @@ def test_bad_model_file_is_one_line(tmp_path, capsys):
 def test_importable_array_in_faces_out(utkface_dir):
     chip = sorted(utkface_dir.iterdir())[0]
     faces = predict.AgeGenderPredictor(detector="none").predict(cv2.imread(str(chip)))
-    assert len(faces) == 1 and set(faces[0]) == {"box", "age", "age_range", "gender", "gender_confidence"}
+    assert len(faces) == 1 and set(faces[0]) == FACE_KEYS
 
 
 def test_haar_fallback_when_yunet_cannot_be_had(monkeypatch, capsys):
     monkeypatch.delenv("AGE_GENDER_YUNET", raising=False)
-    predictor = predict.AgeGenderPredictor(detector="yunet")  # the download is pointed at a closed port
+    predictor = predict.AgeGenderPredictor(detector="auto")  # the download is pointed at a closed port
     assert predictor.detector.kind == "haar"
     assert "warning: YuNet face detector unavailable" in capsys.readouterr().err
 

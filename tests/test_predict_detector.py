@@ -1,0 +1,105 @@
+"""Getting YuNet: one short download attempt, a remembered failure, an honest fallback, --fetch-detector."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import time
+
+import pytest
+from conftest import ROOT
+from test_predict_inputs import run_predict
+
+import faces
+from faces import DetectorUnavailable, FaceDetector
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A loopback HTTP server for the YuNet URL: serves `body` (or a 503 when None), counts requests."""
+    state = {"body": None, "requests": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            state["requests"] += 1
+            if state["body"] is None:
+                self.send_error(503)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(state["body"])))
+            self.end_headers()
+            self.wfile.write(state["body"])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setattr(faces, "YUNET_URL", f"http://127.0.0.1:{httpd.server_port}/yunet.onnx")
+    monkeypatch.delenv("AGE_GENDER_YUNET", raising=False)
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_offline_failure_is_remembered_and_explicit_yunet_retries(server, capsys):
+    detector = FaceDetector("auto")
+    assert detector.kind == "haar" and server["requests"] == 1
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and warning.startswith("warning: YuNet face detector unavailable")
+    for hint in (faces.YUNET_URL, str(faces.YUNET_CACHE), "AGE_GENDER_YUNET", "--fetch-detector", "Haar"):
+        assert hint in warning
+    marker = faces.yunet_failure_marker()
+    assert marker.is_file() and marker.parent == faces.YUNET_CACHE.parent
+
+    assert FaceDetector("auto").kind == "haar" and server["requests"] == 1  # no second wait for the network
+    assert "not retried for 24 h" in capsys.readouterr().err
+
+    with pytest.raises(DetectorUnavailable, match="YuNet face detector unavailable.*--fetch-detector"):
+        FaceDetector("yunet")  # explicit: tries again, and fails rather than falling back
+    assert server["requests"] == 2
+
+    marker.write_text(f"{time.time() - 25 * 3600:.0f}\nold failure\n")  # a day later: auto tries again
+    FaceDetector("auto")
+    assert server["requests"] == 3
+
+
+def test_explicit_yunet_offline_is_one_line_on_the_command_line(server, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((ROOT / "docs" / "astronaut_annotated.jpg").read_bytes())
+    code, out, err = run_predict([str(photo), "--detector", "yunet"], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: YuNet face detector unavailable") and "Traceback" not in err
+
+
+def test_fetch_detector_downloads_verifies_and_says_where(server, monkeypatch, capsys):
+    body = b"pretend YuNet weights " * 100
+    server["body"] = body
+    monkeypatch.setattr(faces, "YUNET_SHA256", hashlib.sha256(body).hexdigest())
+    faces.yunet_failure_marker().parent.mkdir(parents=True)
+    faces.yunet_failure_marker().write_text(f"{time.time():.0f}\nearlier failure\n")
+    code, out, err = run_predict(["--fetch-detector"], capsys)
+    assert code == 0 and err == ""
+    assert str(faces.YUNET_CACHE) in out and faces.YUNET_CACHE.read_bytes() == body
+    assert not faces.yunet_failure_marker().exists()  # fetched: the remembered failure is forgotten
+    assert faces.find_yunet() == faces.YUNET_CACHE and server["requests"] == 1  # verified copy, no download
+    code, out, _ = run_predict(["--fetch-detector"], capsys)
+    assert code == 0 and str(faces.YUNET_CACHE) in out and server["requests"] == 1  # nothing to fetch again
+
+
+@pytest.mark.parametrize("body", [None, b"a captive portal's login page"])
+def test_fetch_detector_failure_is_one_line_and_leaves_nothing(server, body, capsys):
+    server["body"] = body
+    code, out, err = run_predict(["--fetch-detector"], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert ("503" in err) if body is None else ("sha256" in err)
+    left = {path.name for path in faces.YUNET_CACHE.parent.iterdir()}
+    assert left == {faces.yunet_failure_marker().name}  # no model, no temporary file: only the failure's note
+
+
+def test_a_valid_onnx_that_is_not_yunet_is_one_line(tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes((ROOT / "docs" / "astronaut_annotated.jpg").read_bytes())
+    wrong = ROOT / "models" / "default" / "model.onnx"  # a real ONNX network, but not a face detector
+    code, _, err = run_predict([str(photo), "--detector-model", str(wrong)], capsys)
+    assert code == 1 and err.count("\n") == 1 and "is not a YuNet face detector" in err
