@@ -1,6 +1,6 @@
 """The multi-output CNN: one face image in, an age distribution over 0-100 years and P(male) out.
 
-    model = build_model(image_size=64, width=32)   # the CPU default (~1.2M parameters)
+    model = build_model()                          # the default: 96 px, width 24 (~1.1M parameters)
     model = build_model(image_size=128, width=64)  # for GPUs
 
 A residual trunk (3x3 convolutions, batch norm, four stages halving resolution) feeds two heads:
@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+IMAGE_SIZE = 96  # default input side in pixels: train.py's, bench.py's and the shipped model's
+WIDTH = 24  # default channels of the first stage; 64 suits GPUs
 AGE_BINS = 101  # ages 0..100 years
 AGE_SIGMA_YEARS = 2.0  # spread of the soft (Gaussian) age target: neighbouring ages are nearly right
 AGE_L1_WEIGHT = 0.2  # adds |expected age - true age| to the distribution loss, as in DLDL-v2
@@ -33,7 +35,8 @@ def residual_block(x, filters: int):
     return layers.ReLU()(layers.Add()([shortcut, x]))
 
 
-def build_model(image_size: int = 64, width: int = 32, blocks_per_stage: int = 1, dropout: float = 0.3) -> keras.Model:
+def build_model(image_size: int = IMAGE_SIZE, width: int = WIDTH, blocks_per_stage: int = 1,
+                dropout: float = 0.3) -> keras.Model:
     images = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(images)
     x = conv_bn_relu(x, width, strides=2 if image_size > 64 else 1)

@@ -24,18 +24,20 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from backbone import IMAGE_SIZE, WIDTH
 from build_cache import LANDMARK_COLUMNS
 from faces import FACE_TEMPLATE
+from utils import HelpFormatter, run_cli
 
 ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer images and steps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--image-size", type=int, default=96, help="model input size (default: 96)")
-    parser.add_argument("--width", type=int, default=24, help="model width for the training figure (default: 24)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="model input size")
+    parser.add_argument("--width", type=int, default=WIDTH, help="model width for the training figure")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
     parser.add_argument("--model", default=str(ROOT / "models" / "default" / "model.onnx"),
                         help="ONNX model for inference")
@@ -154,6 +156,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils import run_cli
-
     run_cli(main)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from backbone import AgeMAE, age_distribution_loss, build_model
+from backbone import IMAGE_SIZE, WIDTH, AgeMAE, age_distribution_loss, build_model
 from faces import DETECTION_SCORE, make_framing
 from generator import FaceDataset, load_source, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
@@ -42,8 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/default", help="run folder")
     parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs (in all, when resuming)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per step (global batch)")
-    parser.add_argument("--image-size", type=int_at_least(32), default=96, help="model input side, a multiple of 4")
-    parser.add_argument("--width", type=positive_int, default=24, help="channels of the first stage; 64 for GPUs")
+    parser.add_argument("--image-size", type=int_at_least(32), default=IMAGE_SIZE, help="model input side, a multiple of 4")
+    parser.add_argument("--width", type=positive_int, default=WIDTH, help="channels of the first stage; 64 for GPUs")
     parser.add_argument("--context", type=float_between(1.0, 2.0), default=DEFAULT_CONTEXT,
                         help="framing context: 1 = tight like UTKFace chips, 1.3 = hair and jaw line in")
     parser.add_argument("--framing", choices=["auto", "landmarks", "box"], default="auto",

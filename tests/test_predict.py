@@ -159,29 +159,6 @@ def test_onnx_agrees_with_keras(utkface_dir):
         np.testing.assert_allclose(got[name], expected[name], atol=1e-4)
 
 
-def test_in_the_wild_evaluation_finds_and_scores_faces(utkface_dir, yunet_path, tmp_path, capsys):
-    """evaluate.py --wild: chips composed onto clutter, found by YuNet and scored like predict.py."""
-    import shutil
-
-    import build_cache
-    import evaluate
-
-    model_dir = tmp_path / "model"
-    shutil.copytree(SHIPPED.parent, model_dir)
-    cache = tmp_path / "utk.csv"
-    build_cache.main(["--utkface", str(utkface_dir), "--out", str(cache)])
-    table = build_cache.load_cache(cache).iloc[:60]
-    build_cache.write_cache(table, cache)
-    photo = evaluate.compose_wild_photo(cv2.imread(str(utkface_dir.parent / table["path"].iloc[0])), np.random.default_rng(0))
-    assert photo.shape == (480, 640, 3)
-    capsys.readouterr()
-    assert evaluate.main(["--model", str(model_dir / "model.onnx"), "--cache", str(cache), "--root",
-                          str(utkface_dir.parent), "--split", "all", "--wild", "--json"]) == 0
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["n"] == 60 and metrics["detected"] >= 0.9
-    assert metrics["gender_accuracy"] >= 0.75 and metrics["age_mae"] < 10
-
-
 def test_a_box_framed_model_is_served_box_crops_from_its_own_card(composite, yunet_path, tmp_path):
     """The ONNX file's embedded card decides the framing: a box-framed model never gets landmark crops."""
     import shutil
