@@ -497,25 +497,26 @@ def refuse_image_as_output(out_path: Path, root: Path, image_paths: np.ndarray) 
 def main(argv=None) -> int:
     args = parse_args(argv)
     inputs = [args.mat, args.utkface, args.lfw, args.female_names, args.male_names, args.detector_model]
-    if args.mat:
-        root = Path(args.root or "imdb")
-        out_path = check_output_file(args.out or root / "cache.csv", inputs)
-        table = rows_from_mat(args.mat, args.min_score, args.allow_second_face, root)
-    else:
-        folder = args.utkface or args.lfw
-        root = Path(args.root or Path(folder).resolve().parent)
-        out_path = check_output_file(args.out or root / "cache.csv", inputs)
-        table = rows_from_utkface(folder, root) if args.utkface \
-            else rows_from_lfw(folder, root, args.female_names, args.male_names)
-    refuse_image_as_output(out_path, root, table["path"])
-    table = drop_implausible_ages(drop_exact_duplicates(table))  # a copy labelled 103 casts doubt on its twin
-    if args.detect:
+    root = Path(args.root or ("imdb" if args.mat else Path(args.utkface or args.lfw).resolve().parent))
+    out_path = check_output_file(args.out or root / "cache.csv", inputs)
+    if args.detect:  # before the long work: a missing detector should fail at once
         from faces import FaceDetector
 
         detector = FaceDetector("yunet", args.detector_model)
         if detector.kind != "yunet":
             raise UserError("--detect needs the YuNet detector (its landmarks frame the faces)")
+    if args.mat:
+        table = rows_from_mat(args.mat, args.min_score, args.allow_second_face, root)
+    elif args.utkface:
+        table = rows_from_utkface(args.utkface, root)
+    else:
+        table = rows_from_lfw(args.lfw, root, args.female_names, args.male_names)
+    refuse_image_as_output(out_path, root, table["path"])
+    table = drop_implausible_ages(drop_exact_duplicates(table))  # a copy labelled 103 casts doubt on its twin
+    if args.detect:
         table = add_landmarks(table, root, detector)
+    if not len(table["path"]):
+        raise UserError(f"no usable faces are left, so nothing was written to {out_path}")
     write_cache(table, out_path)
     print(f"wrote {len(table['path'])} rows to {out_path}")
     return 0

@@ -247,3 +247,14 @@ def test_numeric_paths_stay_text(tmp_path):
     cache.write_text("path,age,gender\n123,30,1\n0042,NaN,0\n")
     table = build_cache.load_cache(cache)
     assert table["path"].tolist() == ["123", "0042"] and np.isnan(table["age"][1])
+
+
+def test_nothing_left_writes_nothing(tmp_path, capsys):
+    """An empty or unlabelled folder is a mistake to report, not an empty cache to train on."""
+    (tmp_path / "UTKFace").mkdir()
+    (tmp_path / "UTKFace" / "holiday.jpg").write_bytes(b"not a UTKFace name")
+    out = tmp_path / "utk.csv"
+    out.write_text(EARLIER_CACHE)
+    code, error = run(["--utkface", str(tmp_path / "UTKFace"), "--out", str(out)], capsys)
+    assert code == 2 and "no usable faces are left" in error
+    assert out.read_text() == EARLIER_CACHE
