@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from utils import HelpFormatter, UserError, atomic_path, check_output_file, float_between, run_cli
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from faces import FaceDetector
 
 BOX_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
@@ -39,11 +40,13 @@ LANDMARK_COLUMNS = [
 TEXT_COLUMNS = ["source", "group", "content_hash"]  # empty when unknown
 CACHE_COLUMNS = ["path", "age", "gender", *BOX_COLUMNS, "face_score", *TEXT_COLUMNS, "race"]
 NUMBER_COLUMNS = ["age", "gender", *BOX_COLUMNS, "face_score", "race", *LANDMARK_COLUMNS]
+Table = dict[str, np.ndarray]  # column name -> one value per row; pandas is imported only to read caches
 AGE_RANGE = (0, 100)  # years; the model's age outputs cover exactly these
 
 MAT_FIELDS = ("dob", "photo_taken", "full_path", "gender", "face_location", "face_score", "second_face_score")
 MAT_NUMBER_FIELDS = ("dob", "photo_taken", "gender", "face_score", "second_face_score")
 UNIX_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
+NEEDS_QUOTES = re.compile(r'[",\r\n]')
 UTKFACE_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>[01])_(?P<race>[0-4])_(?P<time>\d+)\.jpg\.chip\.jpg$")
 
 
@@ -76,6 +79,11 @@ def require_regular_file(path: Path, what_to_do: str = "") -> None:
     """Refuse a missing path, a folder, a FIFO or a device before anything reads (and blocks on) it."""
     if not path.is_file():
         raise UserError(f"{path}: " + ("not a regular file" if path.exists() else f"no such file{what_to_do}"))
+
+
+def outside_root(path: str) -> bool:
+    """Absolute, or climbing out with '..': a cache's paths must stay under its root."""
+    return path.startswith("/") or ".." in path.split("/")
 
 
 def print_dropped(count: int, reason: str) -> None:
@@ -126,14 +134,35 @@ def kind_of(array: np.ndarray) -> str:
     return {"U": "text", "S": "text", "O": "cells", "b": "logicals"}.get(array.dtype.kind, "numbers")
 
 
-def mat_cells(mat_path: Path, field: str, cells: np.ndarray, size: int | None, kind: str) -> np.ndarray:
-    """The values of a cell-array field stacked into one array, after checking every cell's size and type."""
-    cells = [np.ravel(cell) if isinstance(cell, np.ndarray) else np.ravel(np.asarray(cell)) for cell in cells]
-    for position, cell in enumerate(cells):
-        if cell.dtype.kind not in kind or (size is not None and cell.size != size) or (size is None and cell.size != 1):
+def mat_numbers(mat_path: Path, field: str, cells: np.ndarray, keep: np.ndarray, size: int) -> np.ndarray:
+    """The kept entries of a cell-array field as rows of size numbers (one face box a cell)."""
+    try:
+        values = np.array(cells[keep].tolist())  # cells of differing shapes raise
+    except ValueError:
+        values = None
+    if values is None or values.dtype.kind not in "biuf" or values.size != size * keep.sum():
+        refuse_bad_cell(mat_path, field, cells, keep, size, "biuf")
+    return values.reshape(-1, size).astype(np.float64)
+
+
+def mat_texts(mat_path: Path, field: str, cells: np.ndarray, keep: np.ndarray) -> list[str]:
+    """The kept entries of a cell-array field of one text each (the image paths)."""
+    try:
+        values = [cell.item() for cell in cells[keep]]  # a cell of several values raises
+    except (ValueError, AttributeError):
+        values = None
+    if values is None or not all(type(value) is str for value in values):
+        refuse_bad_cell(mat_path, field, cells, keep, 1, "U")
+    return values
+
+
+def refuse_bad_cell(mat_path: Path, field: str, cells: np.ndarray, keep: np.ndarray, size: int, kinds: str):
+    for position in np.flatnonzero(keep):
+        cell = np.asarray(cells[position])
+        if cell.size != size or cell.dtype.kind not in kinds:
             raise UserError(f"{mat_path}: entry {position + 1} of '{field}' holds {cell.size} {kind_of(cell)}, "
-                            f"expected {f'{size} numbers' if size else 'one text'}")
-    return np.concatenate(cells) if cells else np.empty(0)
+                            f"expected {'one text' if kinds == 'U' else f'{size} numbers'}")
+    raise UserError(f"{mat_path}: the cells of '{field}' differ in shape")
 
 
 def age_at_photo(dob_datenum: np.ndarray, photo_taken: np.ndarray) -> np.ndarray:
@@ -148,43 +177,42 @@ def age_at_photo(dob_datenum: np.ndarray, photo_taken: np.ndarray) -> np.ndarray
     return np.where(valid, ages, np.nan)
 
 
-def person_of_path(path: str) -> str:
-    """IMDB-WIKI file names start with the person: nm0000001_rm... (imdb) or 10000217_1981-05-05_2009 (wiki)."""
-    return path.rsplit("/", 1)[-1].split("_", 1)[0]
-
-
-def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root: Path | None = None) -> pd.DataFrame:
-    """The rows of an IMDB-WIKI .mat that pass the face rules; images found under root get content hashes."""
+def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root: Path | None = None) -> Table:
+    """The rows of an IMDB-WIKI .mat that pass the face rules; images found under root get content hashes.
+    Boxes and paths are unpacked only for the rows the other rules keep (the slow part after loadmat)."""
     struct_name, fields = load_mat(mat_path)
-    paths = mat_cells(Path(mat_path), "full_path", fields["full_path"], None, "U")
-    boxes = mat_cells(Path(mat_path), "face_location", fields["face_location"], 4, "biuf")
-    boxes = boxes.reshape(-1, 4).astype(np.float64)
-    table = pd.DataFrame({
-        "path": np.char.add(f"{struct_name}_crop/", paths.astype(str)),
-        "age": age_at_photo(fields["dob"], fields["photo_taken"]),
-        "gender": fields["gender"].astype(np.float64),
-        **dict(zip(BOX_COLUMNS, boxes.T)),
-        "face_score": fields["face_score"],
-        "source": struct_name,
-        "group": [person_of_path(path) for path in paths],
-    })
-    print(f"{mat_path}: {len(table)} entries in '{struct_name}'")
+    gender, face_score = fields["gender"].astype(np.float64), fields["face_score"].astype(np.float64)
+    print(f"{mat_path}: {len(gender)} entries in '{struct_name}'")
     rules = {
-        f"face_score < {min_score} (no face found, or a weak one)": table.face_score >= min_score,
-        "a second face in the image": table.face_score.notna() if allow_second_face
-        else np.isnan(fields["second_face_score"].astype(np.float64)),
-        "gender unknown (or not 0/1)": table.gender.isin([0, 1]),
-        "face box not finite or empty": np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0])
-        & (boxes[:, 3] > boxes[:, 1]),
+        f"face_score < {min_score} (no face found, or a weak one)": face_score >= min_score,
+        "a second face in the image": np.isnan(fields["second_face_score"].astype(np.float64)) | allow_second_face,
+        "gender unknown (or not 0/1)": (gender == 0) | (gender == 1),
     }
-    keep = np.ones(len(table), bool)
+    keep = np.ones(len(gender), bool)
     for rule, passes in rules.items():
-        dropped = keep & ~np.asarray(passes)
-        print_dropped(dropped.sum(), rule)
-        keep &= ~dropped
-    table = table_with_columns(table[keep].reset_index(drop=True))
+        print_dropped(int((keep & ~passes).sum()), rule)
+        keep &= passes
+    boxes = mat_numbers(Path(mat_path), "face_location", fields["face_location"], keep, 4)
+    box_is_valid = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    print_dropped(int((~box_is_valid).sum()), "face box not finite or empty")
+    keep[np.flatnonzero(keep)[~box_is_valid]] = False
+    paths = [f"{struct_name}_crop/{path}" for path in mat_texts(Path(mat_path), "full_path", fields["full_path"], keep)]
+    if "/.." in "\n".join(paths):  # rare: look closer only then
+        climbing = next((path for path in paths if outside_root(path)), None)
+        if climbing:
+            raise UserError(f"{mat_path}: the path {climbing!r} leads out of the image folder")
+    table = table_with_columns({
+        "path": paths,
+        "age": age_at_photo(fields["dob"][keep], fields["photo_taken"][keep]),
+        "gender": gender[keep],
+        **dict(zip(BOX_COLUMNS, boxes[box_is_valid].T)),
+        "face_score": face_score[keep],
+        "source": struct_name,
+        # IMDB-WIKI file names start with the person: nm0000001_rm... (imdb), 10000217_1981-05-05_2009 (wiki)
+        "group": [path.rsplit("/", 1)[-1].split("_", 1)[0] for path in paths],
+    })
     if root is not None and (Path(root) / f"{struct_name}_crop").is_dir():  # the images are there: hash them
-        table["content_hash"] = content_hashes(Path(root), table["path"])
+        table["content_hash"] = np.array(content_hashes(Path(root), paths), dtype=object)
     return table
 
 
@@ -228,7 +256,7 @@ def content_hashes(root: Path, paths) -> list[str]:
     return hashes
 
 
-def rows_from_utkface(folder: str | Path, root: Path) -> pd.DataFrame:
+def rows_from_utkface(folder: str | Path, root: Path) -> Table:
     """One row per image named age_gender_race_time.jpg.chip.jpg; the group is its content hash."""
     folder, root = folder_inside_root(folder, root)
     rows, malformed = [], []
@@ -242,9 +270,10 @@ def rows_from_utkface(folder: str | Path, root: Path) -> pd.DataFrame:
                      int(match["race"])))
     print(f"{folder}: {len(rows)} faces, {len(malformed)} malformed names skipped"
           + (f" (e.g. {', '.join(malformed[:3])})" if malformed else ""))
-    table = pd.DataFrame(rows, columns=["path", "age", "gender", "race"])
-    hashes = content_hashes(root, table["path"])
-    return table_with_columns(table.assign(source="utkface", group=hashes, content_hash=hashes))
+    paths, ages, genders, races = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
+    hashes = content_hashes(root, paths)
+    return table_with_columns({"path": paths, "age": ages, "gender": genders, "race": races, "source": "utkface",
+                               "group": hashes, "content_hash": hashes})
 
 
 def read_name_list(path: str | Path) -> set[str]:
@@ -261,66 +290,81 @@ def read_name_list(path: str | Path) -> set[str]:
     return names
 
 
-def rows_from_lfw(folder: str | Path, root: Path, female_names: str | Path, male_names: str | Path) -> pd.DataFrame:
+def rows_from_lfw(folder: str | Path, root: Path, female_names: str | Path, male_names: str | Path) -> Table:
     """One row per LFW image named in exactly one of the two gender lists; the group is the person."""
     folder, root = folder_inside_root(folder, root)
     women, men = read_name_list(female_names), read_name_list(male_names)
     both = women & men
     gender_of = {**{name: 0 for name in women - both}, **{name: 1 for name in men - both}}
     images = regular_files(sorted(folder.glob("*/*.jpg")), folder)
-    rows = [(image.relative_to(root).as_posix(), gender_of[image.name], image.parent.name)
-            for image in images if image.name in gender_of]
-    unlisted = sum(image.name not in gender_of and image.name not in both for image in images)
+    labelled = [image for image in images if image.name in gender_of]
     print(f"{folder}: {len(images)} images of {len({image.parent for image in images})} people, "
           f"{len(women)} + {len(men)} names in the gender lists")
     print_dropped(sum(image.name in both for image in images), f"named in both lists ({len(both)} names)")
-    print_dropped(unlisted, "in neither list")
-    table = pd.DataFrame(rows, columns=["path", "gender", "group"])
-    return table_with_columns(table.assign(source="lfw", content_hash=content_hashes(root, table["path"])))
+    print_dropped(len(images) - len(labelled) - sum(image.name in both for image in images), "in neither list")
+    paths = [image.relative_to(root).as_posix() for image in labelled]
+    return table_with_columns({
+        "path": paths,
+        "gender": [gender_of[image.name] for image in labelled],
+        "source": "lfw",
+        "group": [image.parent.name for image in labelled],
+        "content_hash": content_hashes(root, paths),
+    })
 
 
-def table_with_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """table with every cache column, in order: absent labels and boxes NaN, absent text empty."""
-    table = table.copy()
-    for column in CACHE_COLUMNS + [c for c in LANDMARK_COLUMNS if c in table]:
-        if column not in table:
-            table[column] = "" if column in TEXT_COLUMNS else np.nan
-    numbers = [column for column in NUMBER_COLUMNS if column in table]
-    table[numbers] = table[numbers].astype(np.float64)
-    return table[CACHE_COLUMNS + [c for c in LANDMARK_COLUMNS if c in table]]
+def table_with_columns(columns: dict) -> Table:
+    """A table (column name -> numpy array) with every cache column in order: numbers as float64, text as
+    Python strings (one text may stand for the whole column), absent labels and boxes NaN, absent text
+    empty. Landmark columns are kept when present."""
+    rows = len(columns["path"])
+    table = {}
+    for column in CACHE_COLUMNS + [c for c in LANDMARK_COLUMNS if c in columns]:
+        if column in TEXT_COLUMNS or column == "path":
+            text = columns.get(column, "")
+            table[column] = np.full(rows, text, dtype=object) if isinstance(text, str) else np.array(text, dtype=object)
+        else:
+            table[column] = np.asarray(columns[column], np.float64) if column in columns else np.full(rows, np.nan)
+    return table
+
+
+def select_rows(table: Table, keep: np.ndarray) -> Table:
+    return {column: values[keep] for column, values in table.items()}
 
 
 # --- rules every source shares ------------------------------------------------------------------
 
-def drop_implausible_ages(table: pd.DataFrame) -> pd.DataFrame:
+def drop_implausible_ages(table: Table) -> Table:
     """Drop rows whose age is known but outside AGE_RANGE (unknown ages stay)."""
-    age = table["age"].astype(np.float64)
-    keep = age.isna() | age.between(*AGE_RANGE)
+    age = table["age"]
+    keep = np.isnan(age) | ((age >= AGE_RANGE[0]) & (age <= AGE_RANGE[1]))
     print_dropped(int((~keep).sum()), f"age outside {AGE_RANGE[0]}-{AGE_RANGE[1]}")
-    return table[keep.to_numpy()].reset_index(drop=True)
+    return select_rows(table, keep)
 
 
-def drop_exact_duplicates(table: pd.DataFrame) -> pd.DataFrame:
+def drop_exact_duplicates(table: Table) -> Table:
     """Byte-identical images (same content_hash) count once: keep the first copy where all copies' ages and
     genders agree, drop every copy where they disagree (which label would be true is unknown)."""
-    hashed = table[table["content_hash"].astype(str) != ""]
-    copies = hashed[hashed.duplicated("content_hash", keep=False)]
-    labels = copies[["age", "gender"]].astype(np.float64).fillna(-1)  # unknown agrees with unknown
-    distinct_labels = labels.assign(content_hash=copies["content_hash"]).drop_duplicates().groupby("content_hash").size()
-    conflicting = distinct_labels.index[distinct_labels > 1]
-    in_conflict = copies["content_hash"].isin(conflicting)
-    extra = copies[~in_conflict].duplicated("content_hash")
-    drop = copies.index[in_conflict].union(extra.index[extra])
-    groups = copies["content_hash"].nunique()
-    print_dropped(int(extra.sum()), f"extra copies of a byte-identical image with the same labels "
-                                    f"({groups - len(conflicting)} groups, one copy each kept)")
-    print_dropped(int(in_conflict.sum()), f"byte-identical copies whose labels disagree ({len(conflicting)} groups)")
-    return table.drop(index=drop).reset_index(drop=True)
+    copies: dict[str, list[int]] = {}
+    hashes = table["content_hash"]
+    if (hashes != "").any():  # metadata without images has no hashes
+        _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+        for row in np.flatnonzero(np.isin(hashes, hashes[first[counts > 1]]) & (hashes != "")):
+            copies.setdefault(hashes[row], []).append(row)
+    labels = np.nan_to_num(np.stack([table["age"], table["gender"]], axis=1), nan=-1)  # unknown agrees with unknown
+    conflicting = [rows for rows in copies.values() if len({tuple(labels[row]) for row in rows}) > 1]
+    extra = [row for rows in copies.values() if rows not in conflicting for row in rows[1:]]
+    keep = np.ones(len(hashes), bool)
+    keep[extra + [row for rows in conflicting for row in rows]] = False
+    print_dropped(len(extra), f"extra copies of a byte-identical image with the same labels "
+                              f"({len(copies) - len(conflicting)} groups, one copy each kept)")
+    print_dropped(sum(map(len, conflicting)),
+                  f"byte-identical copies whose labels disagree ({len(conflicting)} groups)")
+    return select_rows(table, keep)
 
 
 # --- detection ----------------------------------------------------------------------------------
 
-def add_landmarks(table: pd.DataFrame, root: Path, detector: FaceDetector) -> pd.DataFrame:
+def add_landmarks(table: Table, root: Path, detector: FaceDetector) -> Table:
     """Detect each image's face once. A face box from the metadata picks the face and is kept; images
     without one (UTKFace chips, LFW photos: the subject is centred) take the YuNet face nearest the image
     centre. Those with no face are dropped: predict.py could not find them either, so they would teach a
@@ -329,9 +373,9 @@ def add_landmarks(table: pd.DataFrame, root: Path, detector: FaceDetector) -> pd
 
     from faces import read_training_image  # OpenCV is only needed here, not for the metadata
 
-    landmarks = np.full((len(table), 10), np.nan)
-    boxes = table[BOX_COLUMNS].to_numpy(np.float64).copy()
-    scores = table["face_score"].to_numpy(np.float64).copy()
+    landmarks = np.full((len(table["path"]), 10), np.nan)
+    boxes = np.stack([table[column] for column in BOX_COLUMNS], axis=1).astype(np.float64)
+    scores = np.array(table["face_score"], np.float64)
     unreadable = 0
     for row, path in enumerate(tqdm(table["path"], desc="detect faces", unit="image", mininterval=0.5)):
         image, _ = read_training_image(root / path) if (root / path).is_file() else (None, 1)
@@ -350,14 +394,14 @@ def add_landmarks(table: pd.DataFrame, root: Path, detector: FaceDetector) -> pd
             boxes[row], scores[row] = (x, y, x + face_width, y + face_height), faces[0].score
         if faces:
             landmarks[row] = faces[0].landmarks.ravel()
-    table = table.copy()
-    table[BOX_COLUMNS], table["face_score"], table[LANDMARK_COLUMNS] = boxes, scores, landmarks
-    found = ~np.isnan(landmarks[:, 0])
-    print(f"  landmarks found for {found.sum()} of {len(table)} images ({unreadable} unreadable)")
+    table = {**table, **dict(zip(BOX_COLUMNS, boxes.T)), "face_score": scores,
+             **dict(zip(LANDMARK_COLUMNS, landmarks.T))}
+    found = int((~np.isnan(landmarks[:, 0])).sum())
+    print(f"  landmarks found for {found} of {len(boxes)} images ({unreadable} unreadable)")
     no_box = np.isnan(boxes[:, 0])
     if no_box.any():
         print_dropped(int(no_box.sum()), "no face detected in an image that has no face box")
-    return table[~no_box].reset_index(drop=True)
+    return select_rows(table, ~no_box)
 
 
 # --- reading and writing caches -----------------------------------------------------------------
@@ -366,6 +410,8 @@ def load_cache(cache_path: str | Path) -> pd.DataFrame:
     """Read and check cache.csv. Columns added by later versions are filled for older files (NaN, or ''
     for text); age and gender are floats with NaN for unknown. Invalid values are refused with one line
     naming the column and the first bad row: training on them gives NaN models."""
+    import pandas as pd
+
     cache_path = Path(cache_path)
     require_regular_file(cache_path, " (build it with build_cache.py)")
     try:
@@ -383,8 +429,7 @@ def load_cache(cache_path: str | Path) -> pd.DataFrame:
 
     paths = table["path"].str.strip()
     for bad, what in [(paths == "", "empty path: every row needs one"),
-                      (paths.str.startswith("/") | paths.str.contains(r"(?:^|/)\.\.(?:/|$)"),
-                       "{!r} is not a path inside the root (absolute, or with ..)")]:
+                      (paths.map(outside_root), "{!r} is not a path inside the root (absolute, or with ..)")]:
         if bad.any():
             refuse("path", bad, what)
     for column in NUMBER_COLUMNS:
@@ -412,41 +457,68 @@ def load_cache(cache_path: str | Path) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def write_cache(table: pd.DataFrame, out_path: str | Path) -> None:
+def csv_fields(values) -> list[str]:
+    """One column as CSV fields: numbers as %.9g (28, not 28.0; exact for float32 detector output), NaN as
+    an empty field, text quoted only where it has to be."""
+    values = np.asarray(values)
+    if values.dtype.kind in "biuf":
+        numbers = values.astype(np.float64)
+        if (numbers == np.round(numbers)).all() and (np.abs(numbers) < 2 ** 53).all():  # whole numbers: faster
+            return list(map(str, numbers.astype(np.int64).tolist()))
+        missing = np.isnan(numbers)
+        if missing.all():
+            return [""] * len(numbers)
+        fields = list(map("%.9g".__mod__, numbers.tolist()))
+        for row in np.flatnonzero(missing):
+            fields[row] = ""
+        return fields
+    fields = list(map(str, values.tolist()))
+    if NEEDS_QUOTES.search("".join(fields)):
+        fields = ['"' + field.replace('"', '""') + '"' if NEEDS_QUOTES.search(field) else field for field in fields]
+    return fields
+
+
+def write_cache(table: Table | pd.DataFrame, out_path: str | Path) -> None:
+    """Write a table (a DataFrame, or column name -> values) as CSV, atomically. Written without pandas:
+    its import and to_csv cost more than the rest of building an IMDB-WIKI cache."""
+    columns = list(table)
+    lines = map(",".join, zip(*(csv_fields(table[column]) for column in columns)))
     with atomic_path(out_path) as temp_path:
-        table.to_csv(temp_path, index=False, float_format="%.9g")  # exact for float32 detector output
+        with open(temp_path, "w", encoding="utf-8", newline="") as file:
+            file.write("\n".join([",".join(csv_fields(np.array(columns))), *lines]) + "\n")
 
 
-def refuse_image_as_output(out_path: Path, root: Path, image_paths: pd.Series) -> None:
-    out_in_root = out_path.resolve()
-    if out_in_root.is_relative_to(root.resolve()) and out_in_root.relative_to(root.resolve()).as_posix() in set(image_paths):
+def refuse_image_as_output(out_path: Path, root: Path, image_paths: np.ndarray) -> None:
+    out_path_resolved, root = out_path.resolve(), root.resolve()
+    if out_path_resolved.is_relative_to(root) and out_path_resolved.relative_to(root).as_posix() in set(image_paths):
         raise UserError(f"refusing to overwrite the image {out_path} with the cache: choose another --out")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     inputs = [args.mat, args.utkface, args.lfw, args.female_names, args.male_names, args.detector_model]
-    if args.mat:
-        root = Path(args.root or "imdb")
-        out_path = check_output_file(args.out or root / "cache.csv", inputs)
-        table = rows_from_mat(args.mat, args.min_score, args.allow_second_face, root)
-    else:
-        folder = args.utkface or args.lfw
-        root = Path(args.root or Path(folder).resolve().parent)
-        out_path = check_output_file(args.out or root / "cache.csv", inputs)
-        table = rows_from_utkface(folder, root) if args.utkface \
-            else rows_from_lfw(folder, root, args.female_names, args.male_names)
-    refuse_image_as_output(out_path, root, table["path"])
-    table = drop_implausible_ages(drop_exact_duplicates(table))  # a copy labelled 103 casts doubt on its twin
-    if args.detect:
+    root = Path(args.root or ("imdb" if args.mat else Path(args.utkface or args.lfw).resolve().parent))
+    out_path = check_output_file(args.out or root / "cache.csv", inputs)
+    if args.detect:  # before the long work: a missing detector should fail at once
         from faces import FaceDetector
 
         detector = FaceDetector("yunet", args.detector_model)
         if detector.kind != "yunet":
             raise UserError("--detect needs the YuNet detector (its landmarks frame the faces)")
+    if args.mat:
+        table = rows_from_mat(args.mat, args.min_score, args.allow_second_face, root)
+    elif args.utkface:
+        table = rows_from_utkface(args.utkface, root)
+    else:
+        table = rows_from_lfw(args.lfw, root, args.female_names, args.male_names)
+    refuse_image_as_output(out_path, root, table["path"])
+    table = drop_implausible_ages(drop_exact_duplicates(table))  # a copy labelled 103 casts doubt on its twin
+    if args.detect:
         table = add_landmarks(table, root, detector)
+    if not len(table["path"]):
+        raise UserError(f"no usable faces are left, so nothing was written to {out_path}")
     write_cache(table, out_path)
-    print(f"wrote {len(table)} rows to {out_path}")
+    print(f"wrote {len(table['path'])} rows to {out_path}")
     return 0
 
 

@@ -1,10 +1,11 @@
-"""Check that every image a cache.csv lists is on disk, non-empty and (with --decode) decodable.
+"""Check that every image a cache.csv lists is a regular file on disk, non-empty and (with --decode) decodable.
 
     python filescript.py --cache imdb/cache.csv --root imdb
     python filescript.py --cache imdb/cache.csv --root imdb --decode --write-clean imdb/cache.clean.csv
 
 Prints a summary and the first bad paths, writes every bad row to a report (default: CACHE.bad.csv),
-and exits 0 when all images are fine, 1 otherwise.
+and exits 0 when all images are fine, 1 otherwise. When not one image is found, --root is wrong: that is
+an error, with no report. FIFOs and devices are reported, never read (a read would block or never end).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from build_cache import load_cache, write_cache
-from utils import HelpFormatter, UserError, atomic_path, check_output_file, positive_int, run_cli
+from utils import HelpFormatter, UserError, check_output_file, positive_int, run_cli, same_file
 
 SHOW_BAD = 5  # bad paths printed in the summary; the report has them all
 
@@ -63,7 +64,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     report = check_output_file(args.report or Path(args.cache).with_suffix(".bad.csv"), [args.cache])
     if args.write_clean:
-        check_output_file(args.write_clean, [args.cache, report])
+        check_output_file(args.write_clean, [args.cache])
+        if same_file(args.write_clean, report):
+            raise UserError(f"--write-clean and the report are the same file {report}: choose another")
     if not Path(args.root).is_dir():
         raise UserError(f"--root {args.root}: no such folder")
     table = load_cache(args.cache)
@@ -77,8 +80,7 @@ def main(argv=None) -> int:
     if bad.any():
         for path, why in zip(table.loc[bad, "path"][:SHOW_BAD], problems[bad][:SHOW_BAD]):
             print(f"  {why}: {Path(args.root) / path}")
-        with atomic_path(report) as temp_path:
-            table[bad].assign(problem=problems[bad]).to_csv(temp_path, index=False)
+        write_cache(table[bad].assign(problem=problems[bad]), report)
         print(f"all bad rows: {report}")
     if args.write_clean:
         write_cache(table[~bad], args.write_clean)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -126,11 +129,11 @@ def test_detection_inside_metadata_boxes(utkface_dir, yunet_path, tmp_path):
     for chip, x in zip(chips, (40, 360)):
         photo[50:250, x:x + 200] = cv2.imread(str(chip))
     cv2.imwrite(str(tmp_path / "two.png"), photo)
-    table = pd.DataFrame({"path": ["two.png", "two.png"], "age": [30, 40], "gender": [1, 0],
-                          "face_x1": [40.0, 360.0], "face_y1": [50.0, 50.0], "face_x2": [240.0, 560.0],
-                          "face_y2": [250.0, 250.0], "face_score": [3.0, 3.0]})
-    result = build_cache.add_landmarks(table, tmp_path, FaceDetector("yunet", str(yunet_path)))
-    assert result[build_cache.BOX_COLUMNS].values.tolist() == table[build_cache.BOX_COLUMNS].values.tolist()
+    table = build_cache.table_with_columns({
+        "path": ["two.png", "two.png"], "age": [30, 40], "gender": [1, 0], "face_x1": [40.0, 360.0],
+        "face_y1": [50.0, 50.0], "face_x2": [240.0, 560.0], "face_y2": [250.0, 250.0], "face_score": [3.0, 3.0]})
+    result = pd.DataFrame(build_cache.add_landmarks(table, tmp_path, FaceDetector("yunet", str(yunet_path))))
+    assert result[build_cache.BOX_COLUMNS].values.tolist() == pd.DataFrame(table)[build_cache.BOX_COLUMNS].values.tolist()
     for (_, row), left in zip(result.iterrows(), (40, 360)):  # each row's eyes lie inside its own box
         assert left < row["right_eye_x"] < row["left_eye_x"] < left + 200 and 50 < row["right_eye_y"] < 250
 
@@ -208,9 +211,9 @@ def test_lfw_detection_keeps_the_central_face(utkface_dir, yunet_path, tmp_path)
     photo[0:160, 0:160] = cv2.resize(cv2.imread(str(chips[0])), (160, 160))  # bystander, top left
     photo[150:250, 150:250] = cv2.resize(cv2.imread(str(chips[1])), (100, 100))  # subject, centred
     cv2.imwrite(str(tmp_path / "photo.png"), photo)
-    table = build_cache.table_with_columns(pd.DataFrame({"path": ["photo.png"], "gender": [1]}))
+    table = build_cache.table_with_columns({"path": ["photo.png"], "gender": [1]})
     result = build_cache.add_landmarks(table, tmp_path, FaceDetector("yunet", str(yunet_path)))
-    x1, y1, x2, y2 = result.loc[0, build_cache.BOX_COLUMNS]
+    x1, y1, x2, y2 = (result[column][0] for column in build_cache.BOX_COLUMNS)
     assert 140 < (x1 + x2) / 2 < 260 and 140 < (y1 + y2) / 2 < 260 and x2 - x1 < 140
 
 
@@ -222,3 +225,29 @@ def test_load_cache_partial_labels_and_older_files(tmp_path):
     assert np.isnan(table["gender"][0]) and table["gender"].tolist()[1:] == [1, 0]
     assert table["source"].tolist() == ["", "", ""] and table["race"].isna().all()
     assert table[build_cache.LANDMARK_COLUMNS].isna().all().all()
+
+
+def test_written_cache_reads_back_exactly(tmp_path):
+    """Text that needs CSV quoting, unknown labels and float32 detector output survive a round trip."""
+    landmark = np.float32(123.456789)
+    table = build_cache.table_with_columns({
+        "path": ['a,b "c".jpg', "plain.jpg"], "age": [28, np.nan], "gender": [np.nan, 1],
+        "face_score": [0.123456789, 2.0], "source": "lfw", "group": ["x\ny", "z"],
+        "right_eye_x": np.array([landmark, np.nan], np.float32)})
+    build_cache.write_cache(table, tmp_path / "cache.csv")
+    assert (tmp_path / "cache.csv").read_text().splitlines()[1].startswith('"a,b ""c"".jpg",28,,')
+    cache = build_cache.load_cache(tmp_path / "cache.csv")
+    assert cache["path"].tolist() == ['a,b "c".jpg', "plain.jpg"] and cache["group"].tolist() == ["x\ny", "z"]
+    assert np.float32(cache["right_eye_x"][0]) == landmark and np.isnan(cache["right_eye_x"][1])
+    assert cache["face_score"].tolist() == [0.123456789, 2.0] and cache["source"].tolist() == ["lfw", "lfw"]
+
+
+def test_mat_path_does_not_import_pandas(tmp_path):
+    """pandas' import alone costs more than the rest of a wiki.mat build (the floor is loading the .mat)."""
+    write_wiki_mat(tmp_path / "wiki.mat", [dict(dob=723671, photo_taken=2009, gender=1.0, full_path="01/a.jpg",
+                                                face_location=[10, 20, 110, 120], face_score=3.0)])
+    code = ("import sys, build_cache; build_cache.main(['--mat', sys.argv[1], '--out', sys.argv[2]]); "
+            "assert 'pandas' not in sys.modules and 'tqdm' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "wiki.mat"), str(tmp_path / "cache.csv")],
+                   cwd=Path(build_cache.__file__).parent, check=True, capture_output=True)
+    assert (tmp_path / "cache.csv").read_text().splitlines()[1].startswith("wiki_crop/01/a.jpg,28,1,10,20,110,120,3,")

@@ -61,6 +61,8 @@ def broken(change: str):
         fields["face_location"] = cell([np.arange(8.0).reshape(1, 8), np.array([[10.0, 20.0, 110.0, 120.0]])])
     elif change == "numeric path":
         fields["full_path"] = cell([np.array([[17.0]]), np.array(["01/b.jpg"])])
+    elif change == "path leaving the image folder":
+        fields["full_path"] = cell([np.array(["01/a.jpg"]), np.array(["../../../etc/passwd"])])
     elif change == "fields of different lengths":
         fields["gender"] = np.ones((1, 3))
     elif change == "no entries":
@@ -83,6 +85,7 @@ def broken(change: str):
 
 
 BROKEN_MATS = ["dob as text", "gender as text", "empty face box", "double face box", "numeric path",
+               "path leaving the image folder",
                "fields of different lengths", "no entries", "missing field", "1 x 2 struct array",
                "0 x 0 struct array", "numbers, not a struct", "cell, not a struct", "text, not a struct",
                "another variable"]
@@ -92,7 +95,8 @@ def test_the_valid_fixture_builds(tmp_path):
     """The damaged files below differ from this one only in what each case names."""
     scipy.io.savemat(tmp_path / "wiki.mat", broken("nothing"))
     assert build_cache.main(["--mat", str(tmp_path / "wiki.mat"), "--out", str(tmp_path / "cache.csv")]) == 0
-    assert build_cache.load_cache(tmp_path / "cache.csv")["path"].tolist() == ["wiki_crop/01/0.jpg", "wiki_crop/01/1.jpg"]
+    paths = build_cache.load_cache(tmp_path / "cache.csv")["path"].tolist()
+    assert paths == ["wiki_crop/01/0.jpg", "wiki_crop/01/1.jpg"]
 
 
 @pytest.mark.parametrize("change", BROKEN_MATS)
@@ -209,7 +213,8 @@ def test_bad_lfw_name_lists(tmp_path, capsys, names, message):
     ("path,age,gender\na.jpg,30,1\n,30,1\n", "column 'path', row 2 (line 3): empty path"),
     ("path,age,gender\n/etc/passwd,30,1\n", "column 'path', row 1 (line 2): '/etc/passwd' is not a path inside"),
     ("path,age,gender\na/../../b.jpg,30,1\n", "'a/../../b.jpg' is not a path inside the root"),
-    ("path,age,gender\na.jpg,30,1\nb.jpg,thirty,1\nc.jpg,x,1\n", "column 'age', row 2 (line 3): 'thirty' is not a number (2"),
+    ("path,age,gender\na.jpg,30,1\nb.jpg,thirty,1\nc.jpg,x,1\n",
+     "column 'age', row 2 (line 3): 'thirty' is not a number (2 such rows)"),
     ("path,age,gender\na.jpg,30,male\n", "column 'gender', row 1 (line 2): 'male' is not a number"),
     ("path,age,gender\na.jpg,30,2\n", "column 'gender', row 1 (line 2): 2 is not a gender"),
     ("path,age,gender\na.jpg,30,0.5\n", "0.5 is not a gender"),
@@ -242,3 +247,14 @@ def test_numeric_paths_stay_text(tmp_path):
     cache.write_text("path,age,gender\n123,30,1\n0042,NaN,0\n")
     table = build_cache.load_cache(cache)
     assert table["path"].tolist() == ["123", "0042"] and np.isnan(table["age"][1])
+
+
+def test_nothing_left_writes_nothing(tmp_path, capsys):
+    """An empty or unlabelled folder is a mistake to report, not an empty cache to train on."""
+    (tmp_path / "UTKFace").mkdir()
+    (tmp_path / "UTKFace" / "holiday.jpg").write_bytes(b"not a UTKFace name")
+    out = tmp_path / "utk.csv"
+    out.write_text(EARLIER_CACHE)
+    code, error = run(["--utkface", str(tmp_path / "UTKFace"), "--out", str(out)], capsys)
+    assert code == 2 and "no usable faces are left" in error
+    assert out.read_text() == EARLIER_CACHE

@@ -43,7 +43,7 @@ def test_clean_cache_and_report_cannot_share_a_file(tmp_path, capsys):
     same = str(tmp_path / "out.csv")
     code, _, error = run(["--cache", str(cache), "--root", str(tmp_path), "--report", same, "--write-clean", same],
                          capsys)
-    assert code == 1 and "refusing to overwrite" in error
+    assert code == 1 and "--write-clean and the report are the same file" in error
     assert not (tmp_path / "out.csv").exists()
 
 
