@@ -378,7 +378,7 @@ def add_landmarks(table: Table, root: Path, detector: FaceDetector) -> Table:
     scores = np.array(table["face_score"], np.float64)
     unreadable = 0
     for row, path in enumerate(tqdm(table["path"], desc="detect faces", unit="image", mininterval=0.5)):
-        image, _ = read_training_image(root / path) if (root / path).is_file() else (None, 1)
+        image = read_training_image(root / path) if (root / path).is_file() else None
         if image is None:
             unreadable += 1
             continue

@@ -172,16 +172,9 @@ def _open_with_pil(data: bytes):
             yield image
 
 
-def read_training_image(path: str | os.PathLike, max_reduction: float = 1.0) -> tuple[np.ndarray | None, int]:
-    """Fast decode for training: (BGR image or None if unreadable, the reduction factor applied).
-
-    JPEGs are decoded at 1/2, 1/4 or 1/8 size inside libjpeg when max_reduction allows, which is
-    several times cheaper than decoding full size and shrinking afterwards.
-    """
-    reduce_modes = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
-    factor = next((f for f in (8, 4, 2) if f <= max_reduction), 1)
-    image = cv2.imread(str(path), reduce_modes.get(factor, cv2.IMREAD_COLOR))
-    return image, factor
+def read_training_image(path: str | os.PathLike) -> np.ndarray | None:
+    """Fast decode of a dataset image (trusted files) to BGR, upright per EXIF; None if unreadable."""
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
 
 
 def list_images(paths: list[str]) -> list[str]:

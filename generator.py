@@ -76,7 +76,7 @@ def frame_row(row, root: str | Path, size: int, framing: dict | None = None, jit
     """Read one cache row's image and frame its face; None if the image is missing or corrupt."""
     face = face_of_row(row)
     # Decoded at full size, as predict.py decodes photos: a reduced decode would shrink differently.
-    image, _ = read_training_image(image_path_of_row(row, root))
+    image = read_training_image(image_path_of_row(row, root))
     if image is None:
         return None
     if np.isnan(face.box[0]):  # the image is the face (an aligned set without detection): frame it whole
