@@ -28,7 +28,7 @@ import numpy as np
 
 from faces import Face, FaceDetector, frame_face, list_images, load_photo
 from model_card import open_onnx_session, read_card
-from utils import UserError, atomic_path, run_cli
+from utils import UserError, atomic_path, int_at_least, positive_int, run_cli
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
@@ -37,7 +37,7 @@ CHUNK_IMAGES = 256  # images decoded and predicted together; bounds memory on la
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders of images, or one video")
     parser.add_argument("--json", action="store_true", help="print one JSON document (a list, one object per image)")
     parser.add_argument("--save", metavar="DIR_OR_FILE",
                         help="write annotated copies: a folder, or a file for one image")
@@ -49,7 +49,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="YuNet .onnx file (default: $AGE_GENDER_YUNET, else a verified download)")
     parser.add_argument("--min-face", type=int, default=0, metavar="PIXELS",
                         help="ignore faces smaller than this (default: 0)")
-    return parser.parse_args(argv)
+    video = parser.add_argument_group("video and webcam (see video.py)")
+    video.add_argument("--webcam", type=int_at_least(0), metavar="INDEX", help="read camera INDEX (0: the first)")
+    video.add_argument("--every", type=positive_int, default=1, metavar="N", help="process every N-th frame")
+    video.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
+    video.add_argument("--format", choices=["table", "jsonl"], default="table",
+                       help="jsonl: one JSON line per processed frame on stdout, streamed")
+    args = parser.parse_args(argv)
+    if not args.paths and args.webcam is None:
+        parser.error("give image files, folders or a video, or --webcam INDEX")
+    return args
 
 
 def mirror_average(run, crops: np.ndarray) -> dict[str, np.ndarray]:
@@ -174,6 +183,10 @@ def load_entry(path: str) -> tuple[dict, np.ndarray | None]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import video
+
+    if args.webcam is not None or any(video.is_video(path) for path in args.paths) or args.format == "jsonl":
+        return video.main(args)  # video.py imports this module, so it is imported here, not at the top
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
     paths = list_images(args.paths)
     results = []
