@@ -189,7 +189,7 @@ PAGE = """<!doctype html>
   #drop.over { background: #eef3ff; border-color: #36c; }
   #status { min-height: 1.4em; font-weight: 600; }
   #status.error { color: #b00; }
-  #annotated { max-width: 100%; display: block; }
+  #annotated { max-width: 100%; max-height: 75vh; display: block; }
   table { border-collapse: collapse; margin-top: .8em; }
   th, td { padding: .25em .8em; border-bottom: 1px solid #ddd; text-align: right; }
   .hidden { display: none !important; }
