@@ -210,3 +210,25 @@ def test_a_face_that_jumps_or_changes_size_starts_a_new_track():
     assert tracker.update([face_at(400, 100)], one, np.array([0.5]), 1)[0].number == 2  # 3 face widths away
     assert tracker.update([face_at(400, 100, side=300)], one, np.array([0.5]), 2)[0].number == 3  # 3x larger
     assert video.clipped_box((-5.5, 470.2, 30, 30), 640, 480) == [0, 470, 25, 10]
+
+
+def test_webcam_stream_with_a_frame_limit_and_a_camera_that_stops(clip, yunet_path, tmp_path, monkeypatch, capsys):
+    """A clip stands in for camera 0 (no camera here): the webcam loop, its limits and its ending."""
+    real_capture = cv2.VideoCapture
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source, *rest: real_capture(
+        str(clip) if source == 0 else source, *rest))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    saved = tmp_path / "cam.avi"
+    code, out, err = run_predict(["--webcam", "0", "--max-frames", "12", "--format", "jsonl", "--save", str(saved)],
+                                 capsys)
+    assert code == 0 and "no display, so no window" in err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["frame"] for line in lines] == list(range(12)) and lines[0]["image"] == "webcam 0"
+    assert all(len(line["faces"]) == 2 for line in lines)
+    assert int(cv2.VideoCapture(str(saved)).get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    code, out, err = run_predict(["--webcam", "0", "--json", "--every", "5"], capsys)
+    summary = json.loads(out)
+    assert code == 1 and err.strip().endswith(f"error: webcam 0 stopped delivering frames after {FRAMES}")
+    assert summary["frames_read"] == FRAMES and summary["error"] == f"webcam 0 stopped delivering frames after {FRAMES}"
+    assert len(summary["tracks"]) == 2
