@@ -129,3 +129,12 @@ def test_command_line_binds_to_loopback_and_reports_a_busy_port(yunet_path):
         process.terminate()
         process.wait(timeout=10)
     assert not serve.is_loopback("0.0.0.0") and serve.is_loopback("::1") and serve.is_loopback("localhost")
+
+
+def test_help_and_bad_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(["--help"])
+    assert exit_info.value.code == 0 and "POST /predict" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        serve.parse_args(["--port", "-1"])
+    assert exit_info.value.code == 2 and "below the minimum" in capsys.readouterr().err
