@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     import video
 
     if args.webcam is not None or any(video.is_video(path) for path in args.paths) or args.format == "jsonl":
-        return video.main(args)  # video.py imports this module, so it is imported here, not at the top
+        return video.run(args)  # video.py imports this module, so it is imported here, not at the top
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
     paths = list_images(args.paths)
     results = []

@@ -293,7 +293,7 @@ def print_tracks(summary: dict) -> None:
         print(f"no face found in {summary['frames_processed']} processed frames of {summary['image']}")
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """predict.py's video and webcam mode (args from predict.parse_args)."""
     if args.webcam is not None and args.paths:
         raise UserError("give either a video or --webcam, not both")
