@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import video
 
-    if args.webcam is not None or any(video.is_video(path) for path in args.paths) or args.format == "jsonl":
+    if args.webcam is not None or any(video.is_video(path) for path in args.paths):
         return video.run(args)  # video.py imports this module, so it is imported here, not at the top
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
     paths = list_images(args.paths)

@@ -25,7 +25,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 import cv2
 import numpy as np
@@ -55,14 +55,14 @@ def age_gender_fields(age_probs: np.ndarray, p_male: float) -> dict:
     low, high = (int(np.argmax(cumulative >= q)) for q in AGE_RANGE_QUANTILES)
     return {"age": round(float(age_probs @ np.arange(len(age_probs))), 1), "age_range": [float(low), float(high)],
             "gender": "male" if p_male >= 0.5 else "female",
-            "gender_confidence": round(float(max(p_male, 1 - p_male)), 3), "p_male": round(float(p_male), 3)}
+            "gender_confidence": round(float(max(p_male, 1 - p_male)), 3), "p_male": round(float(p_male), 4)}
 
 
 def clipped_box(box, width: int, height: int) -> list[int]:
-    """[x, y, w, h] as whole pixels inside a width x height image."""
+    """[x, y, w, h] as whole pixels inside a width x height image (each edge rounded, then clipped)."""
     x, y, w, h = box
-    left, top = min(max(0, math.floor(x)), width), min(max(0, math.floor(y)), height)
-    right, bottom = max(left, min(width, math.ceil(x + w))), max(top, min(height, math.ceil(y + h)))
+    left, top = min(max(round(x), 0), width), min(max(round(y), 0), height)
+    right, bottom = max(left, min(round(x + w), width)), max(top, min(round(y + h), height))
     return [left, top, right - left, bottom - top]
 
 
@@ -149,7 +149,7 @@ def face_entries(tracks: list[Track], width: int, height: int) -> list[dict]:
 
 def draw_tracks(frame: np.ndarray, faces: list[dict]) -> np.ndarray:
     """predict.annotate's boxes and labels, plus each face's track number under its box."""
-    annotated = annotate(frame, faces)
+    annotated = annotate(frame, [{**face, "index": face["track"]} for face in faces])
     font_scale = max(0.4, max(frame.shape[:2]) / 1200)
     for face in faces:
         x, y, width, height = face["box"]
@@ -283,14 +283,16 @@ def label_frame(predictor: AgeGenderPredictor, tracker: FaceTracker, frame: np.n
     return face_entries(tracks, frame.shape[1], frame.shape[0])
 
 
-def print_tracks(summary: dict) -> None:
-    print(f"{'track':>5} {'frames':>7} {'from s':>7} {'to s':>7} {'age':>5} {'range':>9}  {'gender':8} {'conf':>5}")
+def print_tracks(summary: dict, out: TextIO) -> None:
+    print(f"{'track':>5} {'frames':>7} {'from s':>7} {'to s':>7} {'age':>5} {'range':>9}  {'gender':8} {'conf':>5}",
+          file=out)
     for track in summary["tracks"]:
         low, high = track["age_range"]
         print(f"{track['track']:5d} {track['frames']:7d} {track['first_time_s']:7.2f} {track['last_time_s']:7.2f} "
-              f"{track['age']:5.1f} {low:4.0f}-{high:<4.0f}  {track['gender']:8} {track['gender_confidence']:5.2f}")
+              f"{track['age']:5.1f} {low:4.0f}-{high:<4.0f}  {track['gender']:8} {track['gender_confidence']:5.2f}",
+              file=out)
     if not summary["tracks"]:
-        print(f"no face found in {summary['frames_processed']} processed frames of {summary['image']}")
+        print(f"no face found in {summary['frames_processed']} processed frames of {summary['image']}", file=out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -299,19 +301,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give either a video or --webcam, not both")
     if args.webcam is None and len(args.paths) != 1:
         raise UserError("give one video at a time (videos and photos cannot be mixed in one run)")
-    if args.webcam is None and not is_video(args.paths[0]):
-        raise UserError(f"{args.paths[0]}: --format jsonl is for videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
-    if args.json and args.format == "jsonl":
-        raise UserError("choose --json (one document) or --format jsonl (one line per frame), not both")
+    output_format = "json" if getattr(args, "json", False) else args.format  # --json is --format json
+    if output_format not in ("table", "json", "jsonl"):
+        raise UserError(f"--format {output_format} is for photos; a video gives table, json or jsonl")
     source = args.webcam if args.webcam is not None else args.paths[0]
-    predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
-    stream = (lambda frame: print(finite_json(frame), flush=True)) if args.format == "jsonl" else None
-    summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
-                            show=args.webcam is not None)
-    if args.json:
-        print(finite_json(summary, indent=2))
-    elif args.format != "jsonl":
-        print_tracks(summary)
+    output = getattr(args, "output", None)  # predict.py's --output FILE, instead of stdout
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout
+        if output:
+            temp_path = stack.enter_context(atomic_path(check_output_file(output, [args.save, *args.paths])))
+            out = stack.enter_context(open(temp_path, "w"))
+        predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+        stream = (lambda frame: print(finite_json(frame), file=out, flush=True)) if output_format == "jsonl" else None
+        summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
+                                show=args.webcam is not None)
+        if output_format == "json":
+            print(finite_json(summary, indent=2), file=out)
+        elif output_format == "table":
+            print_tracks(summary, out)
     if "error" in summary:
         print(f"error: {summary['error']}", file=sys.stderr)
         return 1

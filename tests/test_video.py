@@ -54,6 +54,26 @@ def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
+def run_video(args, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: video.run(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_output_file_instead_of_stdout(clip, yunet_path, tmp_path, capsys):
+    """predict.py's --output: the lines go to the file (through a temporary file), never onto an input."""
+    args = predict.parse_args([str(clip), "--format", "jsonl", "--max-frames", "4"])
+    args.output = str(tmp_path / "frames.jsonl")
+    code, out, err = run_video(args, capsys)
+    assert code == 0 and out == "", err
+    assert [json.loads(line)["frame"] for line in Path(args.output).read_text().splitlines()] == [0, 1, 2, 3]
+    assert sorted(os.listdir(tmp_path)) == ["frames.jsonl"]
+    args.output, before = str(clip), clip.read_bytes()
+    code, _, err = run_video(args, capsys)
+    assert code == 1 and "refusing to overwrite the input" in err and clip.read_bytes() == before
+
+
 def test_faces_are_tracked_across_frames_with_steady_labels(clip, yunet_path, capsys):
     code, out, err = run_predict([str(clip), "--format", "jsonl"], capsys)
     assert code == 0, err
@@ -155,10 +175,13 @@ def test_missing_webcam_and_wrong_combinations_are_one_line(clip, yunet_path, tm
     photo = tmp_path / "photo.jpg"
     cv2.imwrite(str(photo), np.zeros((40, 40, 3), np.uint8))
     for argv, message in [([str(clip), "--webcam", "0"], "not both"), ([str(clip), str(clip)], "one video at a time"),
-                          ([str(photo), "--format", "jsonl"], "for videos"),
-                          ([str(clip), "--json", "--format", "jsonl"], "not both")]:
+                          ([str(clip), str(photo)], "one video at a time")]:
         code, _, err = run_predict(argv, capsys)
         assert code == 1 and message in err, argv
+    args = predict.parse_args([str(clip)])
+    args.format = "csv"  # photos only (predict.py's --format csv)
+    code, _, err = run_video(args, capsys)
+    assert code == 1 and "--format csv is for photos" in err
     with pytest.raises(SystemExit) as exit_info:
         predict.parse_args([])
     assert exit_info.value.code == 2
@@ -209,7 +232,7 @@ def test_a_face_that_jumps_or_changes_size_starts_a_new_track():
     assert tracker.update([face_at(100, 100)], one, np.array([0.5]), 0)[0].number == 1
     assert tracker.update([face_at(400, 100)], one, np.array([0.5]), 1)[0].number == 2  # 3 face widths away
     assert tracker.update([face_at(400, 100, side=300)], one, np.array([0.5]), 2)[0].number == 3  # 3x larger
-    assert video.clipped_box((-5.5, 470.2, 30, 30), 640, 480) == [0, 470, 25, 10]
+    assert video.clipped_box((-5.6, 470.2, 30, 30), 640, 480) == [0, 470, 24, 10]
 
 
 def test_webcam_stream_with_a_frame_limit_and_a_camera_that_stops(clip, yunet_path, tmp_path, monkeypatch, capsys):
