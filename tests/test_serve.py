@@ -109,7 +109,7 @@ def test_bad_requests_get_a_json_error(server, send, status, message):
 def test_a_truncated_jpeg_is_a_clear_400(server, group_photo):
     data = group_photo.read_bytes()
     response = post_image(server, data[:len(data) // 2], name="cut.jpg")
-    assert response.status_code == 400 and response.json()["error"] == "cut.jpg: truncated JPEG (no end-of-image marker)"
+    assert response.status_code == 400 and response.json()["error"].startswith("cut.jpg: truncated JPEG")
 
 
 def test_command_line_binds_to_loopback_and_reports_a_busy_port(yunet_path):
