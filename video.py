@@ -9,8 +9,8 @@ predict.py hands videos (by file suffix) and --webcam here. Each processed frame
 detector and the model like a photo (the face and its mirror image on alternate frames, not both); a
 detection continues the track whose last box centre is nearest (within MATCH_DISTANCE face widths,
 similar size), and each track's age distribution and P(male) are an exponential average over its
-frames, so labels do not flicker from frame to frame. The per-track
-summary (--json, the table) averages the model's outputs over all of the track's frames.
+frames, so labels do not flicker from frame to frame. The per-track summary (--json, the table)
+averages the model's outputs over all of the track's frames.
 
 From Python:
 
