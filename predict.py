@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from faces import YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, list_images, load_photo
 from model_card import open_onnx_session, read_card
-from utils import HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least, run_cli
-from utils import unique_path
+from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
+                   positive_int, run_cli, unique_path)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
@@ -54,7 +54,7 @@ SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders of images")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders of images, or one video")
     parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table",
                         help="table and jsonl and csv stream as images are done; json is one document at the end")
     parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
@@ -73,9 +73,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ignore faces smaller than this")
     parser.add_argument("--fetch-detector", action="store_true",
                         help=f"download and verify YuNet into {YUNET_CACHE}, then exit")
+    video = parser.add_argument_group("video and webcam (video.py): --format table, json or jsonl, --save out.mp4")
+    video.add_argument("--webcam", type=int_at_least(0), metavar="INDEX", help="read camera INDEX (0: the first)")
+    video.add_argument("--every", type=positive_int, default=1, metavar="N", help="process every N-th frame")
+    video.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
     args = parser.parse_args(argv)
-    if not args.paths and not args.fetch_detector:
-        parser.error("give at least one image or folder (or --fetch-detector)")
+    if not args.paths and not args.fetch_detector and args.webcam is None:
+        parser.error("give images, folders or a video, or --webcam INDEX (or --fetch-detector)")
     if args.resume and not (args.output and args.format in ("jsonl", "csv")):
         parser.error("--resume needs --output and --format jsonl or csv")
     return args
@@ -113,6 +117,15 @@ def to_bgr(image, color: str = "bgr") -> np.ndarray:
                   (4, "bgr"): cv2.COLOR_BGRA2BGR, (4, "rgb"): cv2.COLOR_RGBA2BGR}[image.shape[2], color]
     image = np.ascontiguousarray(image)
     return image if conversion is None else cv2.cvtColor(image, conversion)
+
+
+def age_gender_fields(age_probs: np.ndarray, p_male: float) -> dict:
+    """A face's JSON fields from the model's age distribution (101 probabilities) and P(male)."""
+    cumulative = np.cumsum(age_probs)
+    low, high = (float(np.argmax(cumulative >= q)) for q in AGE_RANGE_QUANTILES)
+    return {"age": round(float(age_probs @ np.arange(len(age_probs))), 1), "age_range": [low, high],
+            "gender": "male" if p_male >= 0.5 else "female",
+            "gender_confidence": round(float(max(p_male, 1 - p_male)), 3), "p_male": round(float(p_male), 4)}
 
 
 def clipped_box(box: tuple[float, float, float, float], width: int, height: int) -> list[int]:
@@ -173,13 +186,7 @@ class AgeGenderPredictor:
                    for start in range(0, len(crops), MODEL_BATCH)]
         age_probs = np.concatenate([batch["age"] for batch in batches])
         male_probs = np.concatenate([batch["gender"][:, 0] for batch in batches])
-        cumulative = np.cumsum(age_probs, axis=1)
-        low, high = (np.argmax(cumulative >= q, axis=1) for q in AGE_RANGE_QUANTILES)
-        ages = age_probs @ np.arange(age_probs.shape[1])
-        return [{"age": round(float(age), 1), "age_range": [float(lo), float(hi)],
-                 "gender": "male" if male >= 0.5 else "female",
-                 "gender_confidence": round(float(max(male, 1 - male)), 3), "p_male": round(float(male), 4)}
-                for age, lo, hi, male in zip(ages, low, high, male_probs)]
+        return [age_gender_fields(probs, male) for probs, male in zip(age_probs, male_probs)]
 
     def run_model(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """The model's raw outputs ("age": N x 101 probabilities, "gender": N x 1 P(male)) for framed crops."""
@@ -497,6 +504,10 @@ def main(argv=None) -> int:
         print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
         if not args.paths:
             return 0
+    import video  # imported here: video.py imports this module
+
+    if args.webcam is not None or any(video.is_video(path) for path in args.paths):
+        return video.run(args)
     paths = list_images(args.paths)
     if args.output:
         check_output_file(args.output, paths)

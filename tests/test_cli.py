@@ -3,7 +3,7 @@ import importlib
 
 import pytest
 
-SCRIPTS = ["Dataset", "build_cache", "filescript", "main", "train", "evaluate", "export", "predict", "bench"]
+SCRIPTS = ["Dataset", "build_cache", "filescript", "main", "train", "evaluate", "export", "predict", "bench", "serve"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

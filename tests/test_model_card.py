@@ -92,7 +92,7 @@ def photo_rows(utkface_dir, yunet_path, tmp_path_factory):
         cv2.imwrite(str(root / f"{index}.png"), canvas)
     table = pd.DataFrame({"path": [f"{i}.png" for i in range(6)], "age": [20.0, 30, 40, 50, 60, 70],
                           "gender": [0.0, 1, 0, 1, 0, 1], **{c: np.nan for c in [*BOX_COLUMNS, "face_score"]}})
-    return root, add_landmarks(table, root, FaceDetector("yunet", str(yunet_path)))
+    return root, pd.DataFrame(add_landmarks(table, root, FaceDetector("yunet", str(yunet_path))))
 
 
 @pytest.mark.parametrize("kind", ["landmarks", "box"])
