@@ -1,19 +1,19 @@
 """Precision and data-parallel training for train.py, on the TensorFlow or the JAX backend.
 
     python train.py ... --strategy mirrored --precision auto          # every GPU of one machine (TensorFlow)
-    TF_CONFIG='{"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, "task": {"type": "worker", "index": 0}}' \
-        python train.py ... --strategy multi-worker                   # one such line per machine, index 0, 1, ...
     KERAS_BACKEND=jax python train.py ... --strategy data-parallel    # every device JAX sees
+    KERAS_BACKEND=jax KERAS_DISTRIBUTION_JOB_ADDRESSES=10.0.0.1:1234 KERAS_DISTRIBUTION_NUM_PROCESSES=2 \
+        KERAS_DISTRIBUTION_PROCESS_ID=0 python train.py ... --strategy data-parallel   # machine 0 of 2; 1 likewise
 
     with strategy_scope(args.strategy) as replica_count, precision_scope(args.precision):
         check_batch_size(args.batch_size, replica_count)
         model = build_model(...); model.compile(...); model.fit(...)  # JAX reads the distribution during fit
     float32_model(best).save(...)                                      # what model.keras and the ONNX file carry
 
-Several machines on JAX: set KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's host:port),
-KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID on each; strategy_scope then calls
-keras.distribution.initialize() (jax.distributed.initialize) before anything touches a device, and each
-process must feed only its own rows (data_shard()) in batches of batch_size // process count.
+Several machines run on JAX only: strategy_scope calls keras.distribution.initialize()
+(jax.distributed.initialize) when KERAS_DISTRIBUTION_JOB_ADDRESSES is set, and each process feeds only its
+own rows (data_shard()) in batches of batch_size // process count. TensorFlow's MultiWorkerMirroredStrategy
+is refused: Keras 3's fit fails under it (keras-team/keras#20585).
 """
 from __future__ import annotations
 
@@ -120,18 +120,18 @@ def resolve_strategy(strategy: str = "auto") -> str:
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
     backend = keras.backend.backend()
-    if strategy in ("mirrored", "multi-worker") and backend != "tensorflow":
-        raise UserError(f"--strategy {strategy} needs KERAS_BACKEND=tensorflow (on JAX use --strategy data-parallel)")
+    if strategy == "mirrored" and backend != "tensorflow":
+        raise UserError("--strategy mirrored needs KERAS_BACKEND=tensorflow (on JAX use --strategy data-parallel)")
     if strategy == "data-parallel" and backend != "jax":
-        raise UserError("--strategy data-parallel needs KERAS_BACKEND=jax "
-                        "(on TensorFlow use --strategy mirrored or multi-worker)")
-    if strategy == "multi-worker" and not tf_config_workers():
-        raise UserError("--strategy multi-worker needs TF_CONFIG describing the workers (see distribute.py)")
+        raise UserError("--strategy data-parallel needs KERAS_BACKEND=jax (on TensorFlow use --strategy mirrored)")
+    if strategy == "multi-worker" or (strategy == "auto" and backend == "tensorflow" and tf_config_workers() > 1):
+        # MultiWorkerMirroredStrategy breaks in Keras 3's fit (its first batch is reduced as one tensor):
+        # refused before any data is loaded rather than crashing after
+        raise UserError("several machines do not train on Keras 3's TensorFlow backend (keras-team/keras#20585): "
+                        "use KERAS_BACKEND=jax --strategy data-parallel with KERAS_DISTRIBUTION_* variables")
     if strategy != "auto":
         return strategy
     if backend == "tensorflow":
-        if tf_config_workers() > 1:
-            return "multi-worker"
         return "mirrored" if len(tf_gpu_capabilities()) > 1 else "none"
     if backend == "jax":
         import jax
@@ -153,8 +153,8 @@ def mirrored_devices() -> list[str] | None:
 def strategy_scope(strategy: str = "auto") -> Iterator[int]:
     """Build, compile and fit inside this; yields the replica count (devices one global batch is split over).
 
-    TensorFlow: MirroredStrategy (one machine) or MultiWorkerMirroredStrategy (TF_CONFIG); JAX: Keras's
-    DataParallel over every device of every process. The previous strategy or distribution is back on exit.
+    TensorFlow: MirroredStrategy over one machine's GPUs; JAX: Keras's DataParallel over every device of
+    every process. The previous strategy or distribution is back on exit.
     """
     strategy = resolve_strategy(strategy)
     if strategy == "none":
@@ -168,10 +168,7 @@ def strategy_scope(strategy: str = "auto") -> Iterator[int]:
     else:
         import tensorflow as tf
 
-        if strategy == "mirrored":
-            tf_strategy = tf.distribute.MirroredStrategy(mirrored_devices())
-        else:
-            tf_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        tf_strategy = tf.distribute.MirroredStrategy(mirrored_devices())
         with tf_strategy.scope():
             yield tf_strategy.num_replicas_in_sync
 
