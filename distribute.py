@@ -184,8 +184,8 @@ def replicas() -> int:
 
 
 def data_shard() -> tuple[int, int]:
-    """(this process's index, process count) for the rows it must feed: JAX reads only local data, while
-    TensorFlow shards the full dataset across workers itself, so there every process feeds everything."""
+    """(this process's index, process count): with several JAX processes each feeds only its own rows, in
+    batches of batch_size // count (Keras cannot shard a PyDataset). TensorFlow runs one process: (0, 1)."""
     if keras.backend.backend() == "jax":
         import jax
 
