@@ -173,6 +173,21 @@ def strategy_scope(strategy: str = "auto") -> Iterator[int]:
             yield tf_strategy.num_replicas_in_sync
 
 
+def local_replicas(strategy: str = "auto") -> int:
+    """Devices of this process that each of its batches is split over under `strategy` (JAX needs
+    batches divisible by it; FaceDataset trims them)."""
+    strategy = resolve_strategy(strategy)
+    if strategy == "none":
+        return 1
+    if strategy == "data-parallel":
+        import jax
+
+        return jax.local_device_count()
+    import tensorflow as tf
+
+    return len(mirrored_devices() or tf.config.list_logical_devices("GPU"))
+
+
 def replicas() -> int:
     """Devices the current strategy scope splits a global batch over (1 outside any scope)."""
     if keras.backend.backend() == "tensorflow":

@@ -191,14 +191,16 @@ class FaceDataset(keras.utils.PyDataset):
     def __init__(self, table: pd.DataFrame, root: str | Path, image_size: int, batch_size: int = 64,
                  augment: bool = False, seed: int = 42, packed: dict | None = None, workers: int = 2,
                  framing: dict | None = None, epoch: int = 0, source_weights: dict[str, float] | None = None,
-                 **kwargs):
+                 batch_multiple: int = 1, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.table, self.root = table.reset_index(drop=True), Path(root)
-        if self.table.empty:
-            raise UserError("no faces to train or validate on (the split is empty)")
+        if len(self.table) < batch_multiple:
+            raise UserError(f"a split has {len(self.table)} faces, fewer than the {batch_multiple} devices that "
+                            "share each batch: use more data or fewer devices")
         self.records = self.table.to_dict("records")  # plain dicts: far cheaper per sample than DataFrame rows
         self.image_size, self.batch_size, self.augment, self.packed = image_size, batch_size, augment, packed
         self.framing = framing or DEFAULT_FRAMING
+        self.batch_multiple = batch_multiple  # data-parallel JAX splits each batch evenly over its devices
         self.seed, self.epoch = seed, epoch
         self.sampling = sampling_probabilities(self.table, source_weights) if augment else None
         self.order = self._order_for_epoch()
@@ -239,6 +241,8 @@ class FaceDataset(keras.utils.PyDataset):
         if self.augment:
             degrade_like_photos(images, rng)
         rows = rows[ok]
+        kept = len(rows) - len(rows) % self.batch_multiple
+        images, rows = images[:kept], rows[:kept]
         targets = {"age": self.ages[rows], "gender": self.genders[rows, None]}
         weights = {"age": self.age_known[rows], "gender": self.gender_known[rows]}
         return images, targets, weights

@@ -11,7 +11,6 @@ tensorboard/ and curves.png. Several GPUs and machines: see `--strategy` and the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -23,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from backbone import IMAGE_SIZE, WIDTH, AgeMAE, age_distribution_loss, build_model
+from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, local_replicas,
+                        precision_scope, strategy_scope)
 from faces import DETECTION_SCORE, make_framing
 from generator import FaceDataset, load_source, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
@@ -56,8 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=positive_int, help="use only this many rows (quick experiments)")
     parser.add_argument("--packed", action="store_true", help="frame all faces once into a memory-mapped array first")
     parser.add_argument("--workers", type=positive_int, default=2, help="data loading threads")
-    parser.add_argument("--strategy", choices=["default", "mirrored"], default="default",
-                        help="mirrored: tf.distribute.MirroredStrategy over all GPUs (TensorFlow backend)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help="auto: every GPU of this machine (TensorFlow: mirrored; JAX: data-parallel, also "
+                             "over several machines, see distribute.py); none: one device")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bfloat16 mixed precision on GPUs that have it, float32 on CPUs; the saved "
+                             "model is float32 whatever the choice")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.keras")
     parser.add_argument("--init", metavar="MODEL_KERAS",
                         help="start from this model's weights (same --image-size and --width): fine-tuning")
@@ -186,17 +191,6 @@ def load_initial_weights(model: keras.Model, path: str) -> None:
     model.set_weights(initial.get_weights())
 
 
-def distribution_scope(strategy: str):
-    """A MirroredStrategy scope when asked (TensorFlow only)."""
-    if strategy == "mirrored":
-        if keras.backend.backend() != "tensorflow":
-            raise UserError("--strategy mirrored needs KERAS_BACKEND=tensorflow")
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope()
-    return contextlib.nullcontext()
-
-
 class SafeCheckpoint(keras.callbacks.Callback):
     """Save the model after each epoch (or only when `monitor` improves) through a temporary file and a
     rename: a kill or a full disk mid-save never leaves a truncated model behind."""
@@ -224,7 +218,7 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 def model_card(args, table: pd.DataFrame, splits: dict, framing: dict, metrics: dict, parameters: int,
-               source_weights: dict | None) -> dict:
+               source_weights: dict | None, precision: str) -> dict:
     sources = table.groupby("source").agg(rows=("path", "size"), with_age=("age", "count"),
                                           with_gender=("gender", "count"))
     return {
@@ -245,7 +239,8 @@ def model_card(args, table: pd.DataFrame, splits: dict, framing: dict, metrics: 
                  "rows": int(len(table)), "seed": args.seed,
                  "split": {name: int(len(part)) for name, part in splits.items()},
                  "split_rule": "by person where the source names one, else by image content (duplicates together)"},
-        "training": {"arguments": vars(args), "backend": keras.backend.backend(), "precision": "float32",
+        "training": {"arguments": vars(args), "backend": keras.backend.backend(),
+                     "precision": f"trained in {precision}; saved and exported in float32",
                      "commit": git_commit()},
         "metrics": metrics,
         "metrics_note": "validation chose the checkpoint; test was computed once at the end and chose nothing",
@@ -298,6 +293,42 @@ def held_out_metrics(model: keras.Model, dataset: FaceDataset) -> dict:
     return {"all": table_metrics(scored), **{name: table_metrics(part) for name, part in scored.groupby("source")}}
 
 
+def fit(args, out: Path, datasets: dict[str, FaceDataset], history: pd.DataFrame) -> str:
+    """Build (or resume) and train the model under the chosen strategy and precision; returns the
+    precision policy used. Checkpoints land in out/model.keras (best) and out/last.keras."""
+    steps_per_epoch = len(datasets["train"])
+    with strategy_scope(args.strategy) as replica_count, precision_scope(args.precision) as policy:
+        check_batch_size(args.batch_size, replica_count)
+        if args.resume:
+            model = resume_model(out / "last.keras", args, steps_per_epoch)
+        else:
+            model = build_model(args.image_size, args.width)
+            if args.init:
+                load_initial_weights(model, args.init)
+            compile_model(model, args, steps_per_epoch)
+        model.summary(line_length=100)
+        print(f"parameters: {model.count_params():,}; precision {policy}; {replica_count} replica(s)")
+        best_so_far = float(history["val_age_mae"].min()) if len(history) else None  # a resumed run keeps its best
+        callbacks = [
+            LearningRateLogger(),
+            keras.callbacks.TerminateOnNaN(),
+            SafeCheckpoint(out / "model.keras", monitor="val_age_mae", best=best_so_far),
+            SafeCheckpoint(out / "last.keras"),
+            keras.callbacks.EarlyStopping(monitor="val_age_mae", mode="min", patience=args.patience),
+            keras.callbacks.CSVLogger(out / "log.csv", append=args.resume),
+        ]
+        if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
+            callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
+        result = model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs,
+                           initial_epoch=len(history), callbacks=callbacks)
+    if not np.isfinite(result.history.get("loss", [0.0])).all():
+        raise UserError("training diverged (the loss became NaN): nothing was exported; lower --learning-rate "
+                        "or check the cache's labels")
+    if not (out / "model.keras").is_file():
+        raise UserError("no epoch produced a finite validation score: nothing was exported")
+    return policy
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -316,59 +347,31 @@ def main(argv=None) -> int:
     splits = make_splits(table, out, args)
     print(", ".join(f"{name}: {len(part)} faces" for name, part in splits.items()))
     framing = choose_framing(table, args.framing, args.context)
-
     history = pd.read_csv(out / "log.csv") if args.resume and (out / "log.csv").is_file() else pd.DataFrame()
-    initial_epoch = len(history)
-    if initial_epoch >= args.epochs:
-        raise UserError(f"the run already has {initial_epoch} epochs: pass a larger --epochs to continue it")
+    if len(history) >= args.epochs:
+        raise UserError(f"the run already has {len(history)} epochs: pass a larger --epochs to continue it")
+
     packed = pack_faces(table, args.root[0], args.image_size, framing) if args.packed else None
-    datasets = {name: FaceDataset(part, args.root[0], args.image_size, args.batch_size, augment=(name == "train"),
-                                  seed=args.seed, packed=packed, workers=args.workers, framing=framing,
-                                  epoch=initial_epoch if name == "train" else 0,
-                                  source_weights=source_weights)
+    shard, shard_count = data_shard()  # several JAX processes: each feeds its own rows
+    datasets = {name: FaceDataset(part.iloc[shard::shard_count], args.root[0], args.image_size,
+                                  args.batch_size // shard_count, augment=(name == "train"), seed=args.seed,
+                                  packed=packed, workers=args.workers, framing=framing,
+                                  epoch=len(history) if name == "train" else 0, source_weights=source_weights,
+                                  batch_multiple=local_replicas(args.strategy))
                 for name, part in splits.items()}
-    steps_per_epoch = len(datasets["train"])
-
-    with distribution_scope(args.strategy):
-        if args.resume:
-            model = resume_model(out / "last.keras", args, steps_per_epoch)
-        else:
-            model = build_model(args.image_size, args.width)
-            if args.init:
-                load_initial_weights(model, args.init)
-            compile_model(model, args, steps_per_epoch)
-    model.summary(line_length=100)
-    print(f"parameters: {model.count_params():,}")
-
-    best_so_far = float(history["val_age_mae"].min()) if len(history) else None  # a resumed run keeps its best
-    callbacks = [
-        LearningRateLogger(),
-        keras.callbacks.TerminateOnNaN(),
-        SafeCheckpoint(out / "model.keras", monitor="val_age_mae", best=best_so_far),
-        SafeCheckpoint(out / "last.keras"),
-        keras.callbacks.EarlyStopping(monitor="val_age_mae", mode="min", patience=args.patience),
-        keras.callbacks.CSVLogger(out / "log.csv", append=args.resume),
-    ]
-    if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
-        callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
-    fit = model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs,
-                    initial_epoch=initial_epoch, callbacks=callbacks)
-    if not np.isfinite(fit.history.get("loss", [0.0])).all():
-        raise UserError("training diverged (the loss became NaN): nothing was exported; lower --learning-rate "
-                        "or check the cache's labels")
-    if not (out / "model.keras").is_file():
-        raise UserError("no epoch produced a finite validation score: nothing was exported")
+    precision = fit(args, out, datasets, history)
     plot_curves(out / "log.csv", out / "curves.png")
 
-    # The released model needs no optimizer state (last.keras keeps it for --resume): a third of the size.
-    best = keras.models.load_model(out / "model.keras", compile=False)
+    # The released model computes in float32 and carries no optimizer state (last.keras keeps it for --resume).
+    best = float32_model(keras.models.load_model(out / "model.keras", compile=False))
     with atomic_path(out / "model.keras") as temp_path:
         best.save(temp_path)
     metrics = {name: held_out_metrics(best, datasets[name]) for name in ("val", "test")}
     unreadable = sorted(set().union(*(d.unreadable for d in datasets.values())))
     if unreadable:
         print(f"skipped {len(unreadable)} unreadable images, e.g. {unreadable[0]}")
-    write_card(out, model_card(args, table, splits, framing, metrics, best.count_params(), source_weights))
+    write_card(out, model_card(args, table, splits, framing, metrics, best.count_params(), source_weights,
+                               precision))
     print(json.dumps(metrics, indent=2))
     if keras.backend.backend() == "tensorflow":
         from export import export_onnx
