@@ -238,7 +238,9 @@ def model_card(args, table: pd.DataFrame, splits: dict, framing: dict, metrics: 
                              for name, row in sources.iterrows()},
                  "rows": int(len(table)), "seed": args.seed,
                  "split": {name: int(len(part)) for name, part in splits.items()},
-                 "split_rule": "by person where the source names one, else by image content (duplicates together)"},
+                 "split_rule": "by person where the source names one, else by image content (duplicates together)"
+                 + (f"; images that --init's model trained on (by content) kept in training ({args.split_like})"
+                    if args.split_like else "")},
         "training": {"arguments": vars(args), "backend": keras.backend.backend(),
                      "precision": f"trained in {precision}; saved and exported in float32",
                      "commit": git_commit()},

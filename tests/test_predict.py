@@ -76,18 +76,40 @@ def test_save_writes_an_annotated_image(composite, yunet_path, tmp_path, capsys)
     assert np.abs(annotated.astype(int) - original).sum() > 0  # boxes and labels were drawn
 
 
-def test_aligned_faces_give_a_sensible_mae(utkface_dir, capsys):
-    chips = sorted(utkface_dir.iterdir())[:300]
-    code, out, err = run_predict([str(utkface_dir), "--detector", "none", "--json"], capsys)
+@pytest.fixture(scope="module")
+def held_out_chips(tmp_path_factory) -> list[Path]:
+    """Every 4th UTKFace photo of the shipped model's test split (about 500): faces it never trained on."""
+    import tarfile
+
+    import pandas as pd
+    from conftest import SHARED
+
+    archive = SHARED / "data" / "UTKFace.tar.gz"
+    if not archive.is_file():
+        pytest.skip("../shared/data/UTKFace.tar.gz is absent")
+    split = pd.read_csv(SHIPPED.with_name("split.csv"), keep_default_na=False)
+    wanted = set(sorted(split.loc[(split["split"] == "test") & (split["source"] == "utkface"), "path"])[::4])
+    out = tmp_path_factory.mktemp("held_out")
+    with tarfile.open(archive, "r|gz") as tar:
+        for member in tar:
+            if member.name in wanted:
+                tar.extract(member, out, filter="data")
+    return sorted((out / "UTKFace").iterdir())
+
+
+def test_held_out_faces_score_near_the_published_figures(held_out_chips, yunet_path, capsys):
+    """predict.py with YuNet on test-split faces: the model card says age MAE 4.7 and gender 93.5% there."""
+    code, out, err = run_predict([str(held_out_chips[0].parent), "--json"], capsys)
     assert code == 0, err
     by_path = {item["image"]: item["faces"] for item in json.loads(out)}
     errors, correct = [], []
-    for chip in chips:
-        (face,) = by_path[str(chip)]
+    for chip in held_out_chips:
+        face = by_path[str(chip)][0]
         age, male = chip_label(chip)
         errors.append(abs(face["age"] - age))
         correct.append((face["gender"] == "male") == bool(male))
-    assert np.mean(errors) < 8.0 and np.mean(correct) > 0.85, (np.mean(errors), np.mean(correct))
+    assert len(held_out_chips) > 400
+    assert np.mean(errors) < 5.3 and np.mean(correct) > 0.91, (np.mean(errors), np.mean(correct))
 
 
 def test_bad_inputs_are_reported_per_image(tmp_path, capsys):
