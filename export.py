@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distribute import float32_model
 from model_card import embed_in_onnx, read_card
 from utils import UserError, atomic_path, run_cli
 
@@ -27,7 +28,12 @@ def export_onnx(model_path: str | Path) -> Path:
         raise UserError("ONNX export needs KERAS_BACKEND=tensorflow")
     model_path = Path(model_path)
     card = read_card(model_path)  # the ONNX file carries it, so prediction needs nothing beside it
-    model = keras.models.load_model(model_path)
+    try:
+        model = float32_model(keras.models.load_model(model_path, compile=False))  # never a float16 graph
+    except Exception as error:
+        raise UserError(f"cannot load {model_path}: {str(error).splitlines()[0][:200]}") from None
+    if not all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights):
+        raise UserError(f"{model_path} holds NaN or infinite weights (its training diverged): nothing exported")
     size = card["input"]["size"]
     faces = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
     expected = model.predict_on_batch(faces)  # also builds the model, which export needs

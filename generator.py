@@ -33,8 +33,8 @@ from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, load_cache
 from faces import DEFAULT_FRAMING, Face, frame_face, framing_matrix, jitter_matrices, read_training_image
 from utils import UserError, atomic_path
 
-PACK_MARGIN = 0.125  # packed crops keep this share of the side around the face on each side, for jitter
-PACK_FORMAT = 2  # bump when the way crops are packed changes: older packed files are not reused
+PACK_MARGIN = 0.25  # packed crops keep this share of the side around the face on each side: jitter, box views
+PACK_FORMAT = 3  # bump when the way crops are packed changes: older packed files are not reused
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 AGE_BAND_EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]  # where the nine age bands of reports and splits begin
 AGE_BANDS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
@@ -200,6 +200,7 @@ class FaceDataset(keras.utils.PyDataset):
         self.records = self.table.to_dict("records")  # plain dicts: far cheaper per sample than DataFrame rows
         self.image_size, self.batch_size, self.augment, self.packed = image_size, batch_size, augment, packed
         self.framing = framing or DEFAULT_FRAMING
+        self.box_framing = {**self.framing, "method": "box"}
         self.batch_multiple = batch_multiple  # data-parallel JAX splits each batch evenly over its devices
         self.seed, self.epoch = seed, epoch
         self.sampling = sampling_probabilities(self.table, source_weights) if augment else None
@@ -234,31 +235,47 @@ class FaceDataset(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])  # reproducible whatever the worker order
         jitters = jitter_matrices(rng, len(rows), self.image_size, scale=0.12, shift=0.07, degrees=15) \
             if self.augment else [None] * len(rows)
+        # Some faces are framed by their box instead of their landmarks, as Haar and metadata boxes are.
+        by_box = rng.random(len(rows)) < BOX_FRAMING_SHARE if self.augment else np.zeros(len(rows), bool)
         if self.packed is not None:
-            images, ok = self._from_packed(rows, jitters, rng)
+            images, ok = self._from_packed(rows, jitters, by_box)
         else:
-            images, ok = self._from_files(rows, jitters)
+            images, ok = self._from_files(rows, jitters, by_box)
         if self.augment:
             degrade_like_photos(images, rng)
         rows = rows[ok]
-        kept = len(rows) - len(rows) % self.batch_multiple
-        images, rows = images[:kept], rows[:kept]
+        age_weights, gender_weights = self.age_known[rows], self.gender_known[rows]
+        missing = -len(rows) % self.batch_multiple if len(rows) else self.batch_multiple
+        if missing:  # never an empty batch, and devices share a batch equally: repeat a face, weighing nothing
+            filler_image, filler_row = (images[0], rows[0]) if len(rows) else self._readable_face()
+            images = np.concatenate([images, np.repeat(filler_image[None], missing, axis=0)])
+            rows = np.concatenate([rows, np.full(missing, filler_row)])
+            age_weights = np.concatenate([age_weights, np.zeros(missing, np.float32)])
+            gender_weights = np.concatenate([gender_weights, np.zeros(missing, np.float32)])
         targets = {"age": self.ages[rows], "gender": self.genders[rows, None]}
-        weights = {"age": self.age_known[rows], "gender": self.gender_known[rows]}
-        return images, targets, weights
+        return images, targets, {"age": age_weights, "gender": gender_weights}
 
-    def _from_files(self, rows: np.ndarray, jitters):
+    def _readable_face(self) -> tuple[np.ndarray, int]:
+        """Some readable face of this dataset and its row: filler for a batch whose images all failed."""
+        for row, record in enumerate(self.records):
+            crop = frame_row(record, self.root, self.image_size, self.framing)
+            if crop is not None:
+                return crop, row
+        raise UserError(f"none of the {len(self.records)} images of a split can be read: is --root right?")
+
+    def _from_files(self, rows: np.ndarray, jitters, by_box: np.ndarray):
         images = np.empty((len(rows), self.image_size, self.image_size, 3), np.uint8)
         ok = np.zeros(len(rows), bool)
-        for position, (row, jitter) in enumerate(zip(rows, jitters)):
-            crop = frame_row(self.records[row], self.root, self.image_size, self.framing, jitter)
+        for position, (row, jitter, boxed) in enumerate(zip(rows, jitters, by_box)):
+            framing = self.box_framing if boxed else self.framing
+            crop = frame_row(self.records[row], self.root, self.image_size, framing, jitter)
             if crop is None:
                 self._report_unreadable(self.records[row]["path"])
             else:
                 images[position], ok[position] = crop, True
         return images[ok], ok
 
-    def _from_packed(self, rows: np.ndarray, jitters, rng: np.random.Generator):
+    def _from_packed(self, rows: np.ndarray, jitters, by_box: np.ndarray):
         packed_rows = self.packed_rows[rows]
         ok = self.packed["valid"][packed_rows]
         for row in rows[~ok]:
@@ -269,9 +286,7 @@ class FaceDataset(keras.utils.PyDataset):
             return crops[:, margin:margin + self.image_size, margin:margin + self.image_size], ok
         images = np.empty((len(crops), self.image_size, self.image_size, 3), np.uint8)
         from_canvas = np.array([[1, 0, -margin], [0, 1, -margin], [0, 0, 1]], np.float64)
-        # Some faces are framed by their box instead of their landmarks, as Haar and metadata boxes are.
-        by_box = rng.random(len(crops)) < BOX_FRAMING_SHARE
-        reframe = np.where(by_box[:, None, None], self.box_relative[rows[ok]], np.eye(3))
+        reframe = np.where(by_box[ok][:, None, None], self.box_relative[rows[ok]], np.eye(3))
         matrices = (np.asarray(jitters)[ok] @ from_canvas @ reframe)[:, :2] if len(crops) else []
         for crop, matrix, image in zip(crops, matrices, images):
             cv2.warpAffine(crop, matrix, (self.image_size, self.image_size), dst=image,
@@ -279,20 +294,17 @@ class FaceDataset(keras.utils.PyDataset):
         return images, ok
 
     def _box_relative_matrices(self) -> np.ndarray:
-        """For each row, the 3x3 map from its packed (landmark-framed) canvas to the same face framed by a
-        jittered box on that canvas: box framing without re-reading the photo. Identity without a box."""
+        """For each row, the 3x3 map from its packed (landmark-framed) canvas to the same face framed by its
+        box on that canvas: box framing without re-reading the photo. Identity where there is no choice."""
         margin = (packed_size_for(self.image_size) - self.image_size) // 2
         shift = np.array([[1, 0, margin], [0, 1, margin], [0, 0, 1]], np.float64)
-        rng = np.random.default_rng(self.seed)
         matrices = np.tile(np.eye(3), (len(self.table), 1, 1))
         for position, record in enumerate(self.records):
             face = face_of_row(record)
             if face.landmarks is None or np.isnan(face.box[0]) or self.framing["method"] != "landmarks":
                 continue
             landmark_matrix = np.vstack([framing_matrix(face, self.image_size, self.framing), [0, 0, 1]])
-            face.landmarks = None
-            face.box_source = "haar" if rng.random() < 0.5 else "yunet"
-            box_matrix = np.vstack([framing_matrix(face, self.image_size, self.framing), [0, 0, 1]])
+            box_matrix = np.vstack([framing_matrix(face, self.image_size, self.box_framing), [0, 0, 1]])
             matrices[position] = shift @ box_matrix @ np.linalg.inv(landmark_matrix) @ np.linalg.inv(shift)
         return matrices
 
@@ -350,4 +362,4 @@ def degrade_like_photos(images: np.ndarray, rng: np.random.Generator) -> None:
     contrast = rng.uniform(0.7, 1.3, count)
     shift = rng.uniform(-30, 30, count) + 128 * (1 - contrast)
     for image, alpha, beta in zip(images, contrast, shift):
-        cv2.convertScaleAbs(image, dst=image, alpha=alpha, beta=beta)
+        cv2.addWeighted(image, alpha, image, 0, beta, dst=image)  # saturates at 0 and 255

@@ -25,7 +25,7 @@ from backbone import IMAGE_SIZE, WIDTH, AgeMAE, age_distribution_loss, build_mod
 from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, local_replicas,
                         precision_scope, strategy_scope)
 from faces import DETECTION_SCORE, make_framing
-from generator import FaceDataset, load_source, pack_faces, split_table
+from generator import FaceDataset, group_keys, load_source, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
                    run_cli)
@@ -128,9 +128,9 @@ def make_splits(table: pd.DataFrame, out: Path, args) -> dict[str, pd.DataFrame]
 
 
 def split_like(table: pd.DataFrame, split_csv: str, seed: int) -> dict[str, pd.DataFrame]:
-    """A split that keeps an earlier run honest when its model is fine-tuned: every image content it
-    trained on stays in training (an identical copy under another name too), its validation and test
-    images stay in their splits, and rows it never saw are split by split_table."""
+    """A split that keeps an earlier run honest when its model is fine-tuned: its validation and test
+    images (by content, an identical copy under another name too) and their people stay held out,
+    what it trained on stays in training, and people it never saw are split by split_table."""
     earlier = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
     if not {"path", "split"} <= set(earlier.columns) or "content_hash" not in table:
         raise UserError(f"--split-like needs {split_csv} with path and split columns and caches with content_hash")
@@ -145,7 +145,15 @@ def split_like(table: pd.DataFrame, split_csv: str, seed: int) -> dict[str, pd.D
             digest = hashlib.sha256(image_path.read_bytes()).hexdigest() if image_path.is_file() else None
         if digest is not None and content_split.get(digest) != "train":
             content_split[digest] = name
-    assigned = table["content_hash"].map(content_split)
+    seen = table["content_hash"].map(content_split)
+    # A person goes where their earlier images went, held-out splits first: nobody tested was trained on.
+    rank = seen.map({"test": 0, "val": 1, "train": 2}).groupby(group_keys(table)).transform("min")
+    assigned = rank.map({0: "test", 1: "val", 2: "train"})
+    conflicted = (seen == "train") & (assigned != "train")  # trained on, yet their person is held out
+    if conflicted.any():
+        print(f"--split-like: dropped {conflicted.sum()} images the earlier model trained on whose person it "
+              "held out")
+        table, assigned = table[~conflicted], assigned[~conflicted]
     rest = split_table(table[assigned.isna()], seed)
     return {name: pd.concat([table[assigned == name], rest[name]]) for name in ("train", "val", "test")}
 
@@ -200,6 +208,8 @@ class SafeCheckpoint(keras.callbacks.Callback):
         self.path, self.monitor, self.best = path, monitor, best
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if not np.isfinite((logs or {}).get("loss", 0.0)):
+            return  # a diverged epoch (TerminateOnNaN stopped it) never replaces a good checkpoint
         if self.monitor is not None:
             value = (logs or {}).get(self.monitor)
             if value is None or not np.isfinite(value) or (self.best is not None and value >= self.best):
@@ -354,13 +364,14 @@ def main(argv=None) -> int:
         raise UserError(f"the run already has {len(history)} epochs: pass a larger --epochs to continue it")
 
     packed = pack_faces(table, args.root[0], args.image_size, framing) if args.packed else None
-    shard, shard_count = data_shard()  # several JAX processes: each feeds its own rows
-    datasets = {name: FaceDataset(part.iloc[shard::shard_count], args.root[0], args.image_size,
+    shard, shard_count = data_shard()  # several JAX processes: each feeds its own, equally many rows
+    datasets = {name: FaceDataset(part.iloc[shard:len(part) - len(part) % shard_count:shard_count], args.root[0],
+                                  args.image_size,
                                   args.batch_size // shard_count, augment=(name == "train"), seed=args.seed,
                                   packed=packed, workers=args.workers, framing=framing,
                                   epoch=len(history) if name == "train" else 0, source_weights=source_weights,
-                                  batch_multiple=local_replicas(args.strategy))
-                for name, part in splits.items()}
+                                  batch_multiple=local_replicas(args.strategy) if name != "test" else 1)
+                for name, part in splits.items()}  # the test split is scored by evaluate.py's own batching
     precision = fit(args, out, datasets, history)
     plot_curves(out / "log.csv", out / "curves.png")
 

@@ -114,3 +114,24 @@ def test_train_export_and_predict_give_the_model_the_same_pixels(photo_rows, tmp
         faces, crops = predictor.frame(image)
         assert len(faces) == 1
         np.testing.assert_array_equal(crops[0], frame_row(record, root, 32, read_card(out / "model.onnx")["framing"]))
+
+
+def test_a_model_with_non_finite_weights_is_never_exported(tmp_path):
+    import keras
+
+    from backbone import build_model
+    from export import export_onnx
+    from model_card import write_card
+
+    model = build_model(32, 8)
+    kernel = model.weights[0]
+    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+    model.save(tmp_path / "model.keras")
+    card = read_card(SHIPPED)
+    card["input"]["size"] = 32
+    write_card(tmp_path, card)
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("ONNX export runs on the TensorFlow backend")
+    with pytest.raises(UserError, match="NaN or infinite weights"):
+        export_onnx(tmp_path / "model.keras")
+    assert not (tmp_path / "model.onnx").exists()

@@ -157,3 +157,44 @@ def test_card_records_box_framing_for_a_cache_without_landmarks(tmp_path):
 
 def test_age_band_edges():
     assert age_band([0, 2, 3, 9, 10, 69, 70, 100, np.nan]).tolist() == [0, 0, 1, 1, 2, 7, 8, 8, -1]
+
+
+def test_batches_are_never_empty_and_divide_over_the_devices(tmp_path):
+    table = synthetic_table(tmp_path, count=9)
+    (tmp_path / "8.jpg").write_bytes(b"broken")  # the last batch holds only this image
+    single = FaceDataset(table, tmp_path, 32, batch_size=4)
+    images, targets, weights = single[2]
+    assert len(images) == 1 and weights["age"].tolist() == [0] and weights["gender"].tolist() == [0]
+    two_devices = FaceDataset(table.head(7), tmp_path, 32, batch_size=4, batch_multiple=2)
+    sizes = [len(two_devices[index][0]) for index in range(len(two_devices))]
+    assert sizes == [4, 4] and two_devices[1][2]["age"].tolist() == [1, 1, 1, 0]  # 3 faces and a weightless copy
+
+
+def test_a_diverged_epoch_never_replaces_a_checkpoint(tmp_path):
+    from backbone import build_model
+    from train import SafeCheckpoint
+
+    model = build_model(32, 8)
+    checkpoint = SafeCheckpoint(tmp_path / "last.keras")
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": 3.0})
+    saved = (tmp_path / "last.keras").read_bytes()
+    model.weights[0].assign(np.full(model.weights[0].shape, np.nan, np.float32))
+    checkpoint.on_epoch_end(1, {"loss": float("nan")})
+    assert (tmp_path / "last.keras").read_bytes() == saved
+
+
+def test_fine_tuning_split_keeps_people_of_earlier_held_out_images_held_out(tmp_path):
+    from train import split_like
+
+    table = people_table(people=40, photos_per_person=5).assign(content_hash=lambda t: "h" + t["path"],
+                                                                root=str(tmp_path))
+    earlier = table[table.index % 5 == 0][["path"]].assign(
+        split=np.where(np.arange(40) % 4 == 0, "test", "train"))  # the earlier run saw photo 0 of each person
+    earlier.loc[earlier.index[1], "split"] = "test"
+    earlier.to_csv(tmp_path / "split.csv", index=False)
+    splits = split_like(table, str(tmp_path / "split.csv"), seed=1)
+    people = {name: set(part["group"]) for name, part in splits.items()}
+    assert not (people["train"] & people["test"] or people["train"] & people["val"] or people["val"] & people["test"])
+    trained = set(earlier.loc[earlier["split"] == "train", "path"])
+    assert trained <= set(splits["train"]["path"]) and not trained & set(splits["test"]["path"])
