@@ -3,6 +3,8 @@
     python train.py --cache imdb/cache.csv --root imdb --out runs/wiki                   # IMDB-WIKI
     python train.py --cache data/utkface.csv data/lfw.csv --root data --out runs/mix --packed   # two sources
     python train.py --cache data/utkface.csv --root data --out runs/utk --packed --epochs 60 --resume
+    python train.py --cache imdb/cache.csv --root imdb --out runs/big --width 64 --image-size 128 \
+        --batch-size 256 --packed --strategy mirrored --precision auto                 # every GPU
 
 Writes into --out: model.keras (best validation age MAE, float32), last.keras (for --resume),
 model.json (the model card), model.onnx (TensorFlow backend; the card embedded), split.csv, log.csv,
