@@ -156,7 +156,8 @@ def split_like(table: pd.DataFrame, split_csv: str, seed: int) -> dict[str, pd.D
         print(f"--split-like: dropped {conflicted.sum()} images the earlier model trained on whose person it "
               "held out")
         table, assigned = table[~conflicted], assigned[~conflicted]
-    rest = split_table(table[assigned.isna()], seed)
+    new_rows = table[assigned.isna()]
+    rest = split_table(new_rows, seed) if len(new_rows) else {name: new_rows for name in ("train", "val", "test")}
     return {name: pd.concat([table[assigned == name], rest[name]]) for name in ("train", "val", "test")}
 
 
