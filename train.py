@@ -30,9 +30,12 @@ from faces import DETECTION_SCORE, make_framing
 from generator import FaceDataset, group_keys, load_source, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
-                   run_cli)
+                   run_cli, write_json)
 
 DEFAULT_CONTEXT = 1.0  # framing context of new runs; the shipped model's card records its own
+# What shapes a run's data and model: a resumed run must use the values it started with.
+RUN_SETTINGS = ("cache", "root", "source_weights", "image_size", "width", "context", "framing", "seed", "limit",
+                "batch_size", "learning_rate", "min_lr")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,6 +102,23 @@ def load_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
             raise UserError("--source-weights needs caches of different sources")
         weights = dict(zip(names, args.source_weights))
     return table, weights
+
+
+def keep_run_settings(args, out: Path) -> None:
+    """A new run records its arguments in run.json; a resumed one must match them (it also takes
+    --init and --split-like from there, for the card)."""
+    path = out / "run.json"
+    if not args.resume:
+        write_json(path, vars(args))
+        return
+    if not path.is_file():
+        return  # a run from before run.json existed
+    first = json.loads(path.read_text())
+    changed = [f"--{key.replace('_', '-')} {first[key]}" for key in RUN_SETTINGS
+               if key in first and first[key] != getattr(args, key)]
+    if changed:
+        raise UserError(f"{out} was started with {', '.join(changed)}: resume it with the same settings")
+    args.init, args.split_like = first.get("init"), first.get("split_like")
 
 
 def choose_framing(table: pd.DataFrame, method: str, context: float) -> dict:
@@ -354,6 +374,7 @@ def main(argv=None) -> int:
     if args.resume and not (out / "last.keras").is_file():
         raise UserError(f"nothing to resume: {out / 'last.keras'} does not exist")
     out.mkdir(parents=True, exist_ok=True)
+    keep_run_settings(args, out)
     keras.utils.set_random_seed(args.seed)
 
     table, source_weights = load_sources(args)
@@ -376,6 +397,8 @@ def main(argv=None) -> int:
                                   batch_multiple=local_replicas(args.strategy) if name != "test" else 1)
                 for name, part in splits.items()}  # the test split is scored by evaluate.py's own batching
     precision = fit(args, out, datasets, history)
+    if shard:
+        return 0  # the first process writes the run's results
     plot_curves(out / "log.csv", out / "curves.png")
 
     # The released model computes in float32 and carries no optimizer state (last.keras keeps it for --resume).

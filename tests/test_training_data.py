@@ -198,3 +198,17 @@ def test_fine_tuning_split_keeps_people_of_earlier_held_out_images_held_out(tmp_
     assert not (people["train"] & people["test"] or people["train"] & people["val"] or people["val"] & people["test"])
     trained = set(earlier.loc[earlier["split"] == "train", "path"])
     assert trained <= set(splits["train"]["path"]) and not trained & set(splits["test"]["path"])
+
+
+def test_a_run_resumes_only_with_the_settings_it_started_with(tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    synthetic_table(root, count=30)
+    argv = ["--cache", str(root / "cache.csv"), "--root", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--image-size", "32", "--width", "8", "--batch-size", "16"]
+    assert train.main(argv) == 0
+    with pytest.raises(SystemExit):
+        train.run_cli(lambda: train.main([*argv[:-8], "--epochs", "2", "--image-size", "32", "--width", "8",
+                                          "--batch-size", "16", "--context", "1.3", "--resume"]))
+    assert "started with --context 1.0" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "run" / "log.csv")["epoch"].tolist() == [0]  # nothing trained
