@@ -234,9 +234,9 @@ function show(result) {
   statusLine.textContent = count + (count === 1 ? " face in " : " faces in ") + result.image;
   picture.src = "data:image/jpeg;base64," + result.annotated_jpeg;
   picture.classList.remove("hidden");
-  rows.replaceChildren(...result.faces.map((face, index) => {
+  rows.replaceChildren(...result.faces.map(face => {
     const row = document.createElement("tr");
-    const cells = [index + 1, face.age.toFixed(1), face.age_range.map(Math.round).join("-"), face.gender,
+    const cells = [face.index, face.age.toFixed(1), face.age_range.map(Math.round).join("-"), face.gender,
                    face.gender_confidence.toFixed(2), face.box.map(Math.round).join(", ")];
     for (const value of cells) row.insertCell().textContent = value;
     return row;
