@@ -84,6 +84,12 @@ class Face:
     box_source: str = "yunet"  # which BOX_FRAMING entry applies when there are no landmarks
 
 
+def quiet_opencv() -> None:
+    """FFmpeg's and OpenCV's own warnings would break the one-line error rule; our messages say it all."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg first opens a file
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 # --- reading images -----------------------------------------------------------------------------
 
 def load_photo(path: str | os.PathLike) -> np.ndarray:

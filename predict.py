@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -33,10 +34,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from faces import YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, list_images, load_photo
+from faces import (YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, list_images, load_photo,
+                   quiet_opencv)
 from model_card import open_onnx_session, read_card
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
-                   positive_int, run_cli, unique_path)
+                   positive_int, run_cli, same_file, unique_path)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
@@ -372,17 +374,29 @@ class AnnotationSaver:
             check_output_file(self.target, inputs)
         elif self.target.exists() and not self.target.is_dir():
             raise UserError(f"--save {save}: for several images give a folder, not a file")
-        self.taken = {Path(path).resolve() for path in inputs}  # an input's name is never reused
+        self.taken: set[Path] = set()
+        self.input_files = {file_identity(path) for path in inputs} - {None}
 
     def save(self, image: np.ndarray, faces: list[dict], source: str) -> Path:
         if self.single_file:
             target = self.target
-        else:
-            target = unique_path((self.target / f"{Path(source).stem}_annotated.jpg").resolve(), self.taken)
+        else:  # a name in the folder that is no link, no input and not yet written by this run
+            target = unique_path(self.target / f"{Path(source).stem}_annotated.jpg", self.taken)
+            while target.is_symlink() or file_identity(target) in self.input_files:
+                target = unique_path(target, self.taken)
         with atomic_path(target) as temp_path:
             if not cv2.imwrite(str(temp_path), annotate(image, faces)):
                 raise UserError(f"cannot write {target}")
         return target
+
+
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, None otherwise: the same file whatever the path."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 # --- output formats -----------------------------------------------------------------------------
@@ -458,15 +472,19 @@ def images_done(part_path: Path, fmt: str) -> set[str]:
     complete = data[:data.rfind(b"\n") + 1]
     if len(complete) != len(data):
         part_path.write_bytes(complete)
-    lines = complete.decode("utf-8", errors="replace").splitlines()
+    text = complete.decode("utf-8", errors="surrogateescape")
+    refusal = UserError(f"{part_path} is not {fmt} output of predict.py: remove it, or choose another --output")
     if fmt == "csv":
-        return {row[0] for row in csv.reader(lines[1:]) if row}
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        if rows and rows[0] != CSV_COLUMNS:
+            raise refusal
+        return {row[0] for row in rows[1:] if row}
     done = set()
-    for line in lines:
+    for line in text.splitlines():
         try:
             done.add(json.loads(line)["image"])
         except (ValueError, KeyError, TypeError):
-            continue
+            raise refusal from None
     return done
 
 
@@ -482,16 +500,26 @@ def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[I
         return
     output = Path(output)
     if fmt not in ("jsonl", "csv"):
-        with atomic_path(output) as temp_path, open(temp_path, "w", newline="") as out:
+        with atomic_path(output) as temp_path, \
+                open(temp_path, "w", newline="", errors="surrogateescape") as out:  # any file name survives
             yield out, set(), False
         return
     part_path = output.with_name(output.name + ".part")
-    if resume and not part_path.exists() and output.is_file():
+    if part_path.is_symlink() or (part_path.exists() and not part_path.is_file()):
+        raise UserError(f"{part_path} is a link or a device: remove it, or choose another --output")
+    copied = resume and not part_path.exists() and output.is_file()
+    if copied:
         part_path.write_bytes(output.read_bytes())  # continue a copy: FILE stays whole until the rename
-    done = images_done(part_path, fmt) if resume and part_path.exists() else set()
+    try:
+        done = images_done(part_path, fmt) if resume and part_path.exists() else set()
+    except UserError:
+        if copied:
+            part_path.unlink()
+            raise UserError(f"{output} is not {fmt} output of predict.py: choose another --output") from None
+        raise
     continuing = resume and part_path.exists() and part_path.stat().st_size > 0  # a header at least
     part_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(part_path, "a" if continuing else "w", newline="") as out:
+    with open(part_path, "a" if continuing else "w", newline="", errors="surrogateescape") as out:
         yield out, done, continuing
     os.replace(part_path, output)
 
@@ -500,6 +528,7 @@ def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[I
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_opencv()
     if args.fetch_detector:
         print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
         if not args.paths:
@@ -511,6 +540,9 @@ def main(argv=None) -> int:
     paths = list_images(args.paths)
     if args.output:
         check_output_file(args.output, paths)
+        check_output_file(args.output + ".part", paths)  # where jsonl and csv grow until the run is done
+        if args.save and same_file(args.save, args.output):
+            raise UserError(f"--save and --output are both {args.output}: give each its own path")
     saver = AnnotationSaver(args.save, paths) if args.save else None
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
     failed = 0

@@ -36,7 +36,7 @@ import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from faces import load_photo
+from faces import load_photo, quiet_opencv
 from predict import DEFAULT_MODEL, AgeGenderPredictor, annotate
 from utils import HelpFormatter, UserError, finite_json, int_at_least, positive_float, positive_int, run_cli
 
@@ -46,10 +46,17 @@ MAX_MEGAPIXELS = 25.0  # pixels of one photo: bounds the memory a request can ta
 JPEG_QUALITY = 90
 
 
+def port_number(text: str) -> int:
+    port = int_at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--host", default=HOST, help="address to listen on; 0.0.0.0 opens it to the network")
-    parser.add_argument("--port", type=int_at_least(0), default=PORT, help="0: any free port")
+    parser.add_argument("--port", type=port_number, default=PORT, help="0: any free port")
     parser.add_argument("--threads", type=positive_int, default=THREADS, help="requests served at once")
     parser.add_argument("--max-upload-mb", type=positive_float, default=MAX_UPLOAD_MB, help="largest upload")
     parser.add_argument("--max-megapixels", type=positive_float, default=MAX_MEGAPIXELS, help="largest photo")
@@ -152,6 +159,7 @@ def is_loopback(host: str) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_opencv()
     from waitress import create_server
 
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model)
@@ -160,8 +168,9 @@ def main(argv=None) -> int:
     try:  # waitress buffers a whole request before Flask sees it; beyond 4x the limit it answers 413 itself
         server = create_server(app, host=args.host, port=args.port, threads=args.threads,
                                max_request_body_size=4 * max_upload_bytes + 2**20)
-    except OSError as error:
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
+    except (OSError, ValueError) as error:  # ValueError: waitress on a malformed host
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}") \
+            from None
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
     listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]

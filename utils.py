@@ -114,8 +114,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def check_output_file(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Refuse an output path that would overwrite an input or that cannot be a file; return it as a Path."""
     output = Path(output)
+    if not output.name:
+        raise UserError("an empty output path: give a file name")
     if output.is_dir():
         raise UserError(f"{output} is a folder: give a file name for the output")
+    if output.is_symlink() or (output.exists() and not output.is_file()):
+        raise UserError(f"{output} is a link or a device, not a regular file: give another path for the output")
     for parent in output.parents:
         if parent.exists() and not parent.is_dir():
             raise UserError(f"cannot write {output}: {parent} is a file, not a folder")

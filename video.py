@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from faces import Face
+from faces import Face, quiet_opencv
 from predict import AgeGenderPredictor, age_gender_fields, annotate, clipped_box
 from utils import UserError, atomic_path, check_output_file, finite_json
 
@@ -134,12 +134,6 @@ def face_entries(tracks: list[Track], width: int, height: int) -> list[dict]:
 def draw_tracks(frame: np.ndarray, faces: list[dict]) -> np.ndarray:
     """predict.annotate's boxes and labels, numbered by track: the same face keeps its number."""
     return annotate(frame, [{**face, "index": face["track"]} for face in faces])
-
-
-def quiet_opencv() -> None:
-    """FFmpeg's and OpenCV's own warnings would break the one-line error rule; our messages say it all."""
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg first opens a file
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def open_capture(source: str | int) -> cv2.VideoCapture:
