@@ -44,13 +44,9 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from utils import (HelpFormatter, UserError, describe_os_error, positive_float, positive_int, run_cli, sha256_hex,
-                   write_json)
+from utils import (HelpFormatter, UserError, describe_os_error, locked, positive_float, positive_int, run_cli,
+                   sha256_hex, write_json)
 
-try:
-    import fcntl
-except ImportError:  # Windows has no flock: runs there are not serialised
-    fcntl = None
 
 
 @dataclass(frozen=True)
@@ -143,22 +139,6 @@ def make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(describe_os_error(error)) from None
-
-
-@contextlib.contextmanager
-def locked(lock_path: Path, busy_message: str) -> Iterator[None]:
-    """Hold an exclusive lock on lock_path for the block, or fail at once: two runs would mix their bytes."""
-    try:
-        handle = open(lock_path, "a")
-    except OSError as error:
-        raise UserError(describe_os_error(error)) from None
-    with handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"{busy_message} (lock {lock_path} is held): wait for it to finish") from None
-        yield
 
 
 def _sha256_of(path: Path) -> str:

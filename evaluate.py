@@ -329,6 +329,8 @@ def main(argv=None) -> int:
                                                  batch_size=args.batch_size, workers=args.workers))
                         for table, root in sources], ignore_index=True)
     unreadable = scored.loc[scored["predicted_age"].isna(), "path"].tolist()
+    if len(unreadable) == len(scored):
+        raise UserError(f"none of the {len(scored)} images could be read (e.g. {unreadable[0]}): is --root right?")
     if unreadable:
         print(f"warning: skipped {len(unreadable)} unreadable images, e.g. {unreadable[0]}", file=sys.stderr)
     groups = group_table(scored)

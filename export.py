@@ -28,13 +28,15 @@ def export_onnx(model_path: str | Path) -> Path:
         raise UserError("ONNX export needs KERAS_BACKEND=tensorflow")
     model_path = Path(model_path)
     card = read_card(model_path)  # the ONNX file carries it, so prediction needs nothing beside it
+    size = card["input"]["size"]
     try:
         model = float32_model(keras.models.load_model(model_path, compile=False))  # never a float16 graph
     except Exception as error:
         raise UserError(f"cannot load {model_path}: {str(error).splitlines()[0][:200]}") from None
+    if sorted(model.output_names) != ["age", "gender"] or tuple(model.input_shape[1:]) != (size, size, 3):
+        raise UserError(f"{model_path} is not an age/gender model of input {size}x{size} (its card's size)")
     if not all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights):
         raise UserError(f"{model_path} holds NaN or infinite weights (its training diverged): nothing exported")
-    size = card["input"]["size"]
     faces = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
     expected = model.predict_on_batch(faces)  # also builds the model, which export needs
     onnx_path = model_path.with_suffix(".onnx")

@@ -30,9 +30,11 @@ from faces import DETECTION_SCORE, make_framing
 from generator import FaceDataset, group_keys, load_source, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
-                   run_cli, write_json)
+                   locked, run_cli, write_json)
 
 DEFAULT_CONTEXT = 1.0  # framing context of new runs; the shipped model's card records its own
+# What a run that failed before its first checkpoint leaves: starting afresh over it is fine.
+START_FILES = {"run.json", "split.csv", "tensorboard", ".lock"}
 # What shapes a run's data and model: a resumed run must use the values it started with.
 RUN_SETTINGS = ("cache", "root", "source_weights", "image_size", "width", "context", "framing", "seed", "limit",
                 "batch_size", "learning_rate", "min_lr")
@@ -95,6 +97,8 @@ def load_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
     for cache, root in zip(args.cache, roots):
         tables.append(load_source(cache, root))
     table = pd.concat(tables, ignore_index=True)
+    if table.empty:
+        raise UserError(f"no rows in {', '.join(args.cache)}: nothing to train on")
     weights = None
     if args.source_weights:
         names = [t["source"].iloc[0] for t in tables]
@@ -153,9 +157,17 @@ def split_like(table: pd.DataFrame, split_csv: str, seed: int) -> dict[str, pd.D
     """A split that keeps an earlier run honest when its model is fine-tuned: its validation and test
     images (by content, an identical copy under another name too) and their people stay held out,
     what it trained on stays in training, and people it never saw are split by split_table."""
-    earlier = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    try:
+        earlier = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise UserError(f"--split-like {split_csv} is not a readable split.csv: {str(error).splitlines()[0]}") \
+            from None
     if not {"path", "split"} <= set(earlier.columns) or "content_hash" not in table:
         raise UserError(f"--split-like needs {split_csv} with path and split columns and caches with content_hash")
+    unknown = set(earlier["split"]) - {"train", "val", "test"}
+    if unknown:
+        raise UserError(f"--split-like {split_csv} names splits other than train, val and test: "
+                        f"{', '.join(sorted(unknown))}")
     hashes = dict(zip(table["path"], table["content_hash"]))
     matched_roots = table.loc[table["path"].isin(earlier["path"]), "root"]
     earlier_root = Path(matched_roots.mode().iloc[0] if len(matched_roots) else ".")  # where its images live
@@ -369,11 +381,19 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if args.resume and not (out / "last.keras").is_file():
         raise UserError(f"nothing to resume: {out / 'last.keras'} does not exist")
+    if not args.resume and (out / "last.keras").exists():
+        raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if not args.resume and out.exists() and any(p.name not in START_FILES for p in out.iterdir()):
+        raise UserError(f"{out} holds other files: choose an empty or new folder for --out")
     out.mkdir(parents=True, exist_ok=True)
+    with locked(out / ".lock", f"another train.py is using {out}"):
+        return train_run(args, out)
+
+
+def train_run(args, out: Path) -> int:
+    """Everything after the checks on --out, with the run folder locked."""
     keep_run_settings(args, out)
     keras.utils.set_random_seed(args.seed)
 
@@ -382,6 +402,9 @@ def main(argv=None) -> int:
         table = table.sample(min(args.limit, len(table)), random_state=args.seed).reset_index(drop=True)
     splits = make_splits(table, out, args)
     print(", ".join(f"{name}: {len(part)} faces" for name, part in splits.items()))
+    for name in ("train", "val"):  # checkpoints and early stopping follow the validation age error
+        if splits[name]["age"].isna().all():
+            raise UserError(f"no face of the {name} split has an age: add a source with ages (e.g. UTKFace)")
     framing = choose_framing(table, args.framing, args.context)
     history = pd.read_csv(out / "log.csv") if args.resume and (out / "log.csv").is_file() else pd.DataFrame()
     if len(history) >= args.epochs:

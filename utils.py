@@ -13,6 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NoReturn
 
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: runs there are not serialised
+    fcntl = None
+
 
 class UserError(Exception):
     """A problem the user can fix (bad path, bad file): reported as one line, never a traceback."""
@@ -127,6 +132,22 @@ def check_output_file(output: str | os.PathLike, inputs: Iterable[str | os.PathL
         if source is not None and same_file(output, source):
             raise UserError(f"refusing to overwrite the input {source} with an output: choose another path")
     return output
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path, busy_message: str) -> Iterator[None]:
+    """Hold an exclusive lock on lock_path for the block, or fail at once: two runs would mix their bytes."""
+    try:
+        handle = open(lock_path, "a")
+    except OSError as error:
+        raise UserError(describe_os_error(error)) from None
+    with handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{busy_message} (lock {lock_path} is held): wait for it to finish") from None
+        yield
 
 
 def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:

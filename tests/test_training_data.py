@@ -212,3 +212,37 @@ def test_a_run_resumes_only_with_the_settings_it_started_with(tmp_path, capsys):
                                           "--batch-size", "16", "--context", "1.3", "--resume"]))
     assert "started with --context 1.0" in capsys.readouterr().err
     assert pd.read_csv(tmp_path / "run" / "log.csv")["epoch"].tolist() == [0]  # nothing trained
+
+
+def test_a_failed_start_leaves_a_folder_that_can_start_again(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    synthetic_table(root, count=30)
+    argv = ["--cache", str(root / "cache.csv"), "--root", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--image-size", "32", "--width", "8", "--batch-size", "16"]
+    (tmp_path / "junk.keras").write_text("not a model")
+    with pytest.raises(train.UserError, match="cannot load --init"):
+        train.main([*argv, "--init", str(tmp_path / "junk.keras")])
+    assert train.main(argv) == 0  # the same folder, now a finished run
+    with pytest.raises(train.UserError, match="already holds a run"):
+        train.main(argv)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(train.UserError, match="holds other files"):
+        train.main([*argv[:5], str(tmp_path / "notes"), *argv[6:]])
+
+
+def test_split_like_refuses_unknown_split_names_and_ageless_training_is_refused(tmp_path):
+    from train import split_like
+
+    table = people_table(people=10).assign(content_hash=lambda t: "h" + t["path"], root=str(tmp_path))
+    table[["path"]].assign(split="TEST").to_csv(tmp_path / "split.csv", index=False)
+    with pytest.raises(train.UserError, match="TEST"):
+        split_like(table, str(tmp_path / "split.csv"), seed=1)
+    root = tmp_path / "data"
+    root.mkdir()
+    cache = synthetic_table(root, count=20).assign(age=np.nan)
+    build_cache.write_cache(cache, root / "genders.csv")
+    with pytest.raises(train.UserError, match="has an age"):
+        train.main(["--cache", str(root / "genders.csv"), "--root", str(root), "--out", str(tmp_path / "run"),
+                    "--epochs", "1", "--image-size", "32", "--width", "8"])
