@@ -104,6 +104,12 @@ def to_bgr(image, color: str = "bgr") -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return load_photo(image)
     if type(image).__module__.startswith("PIL."):
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F") and image.size[0] * image.size[1]:
+            # 16-bit and float greyscale: PIL's RGB conversion clips them to white; scale to 8 bits instead
+            values = np.asarray(image, np.float64)
+            full_scale = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+            image = np.round(255 * np.clip(values, 0, full_scale) / full_scale).astype(np.uint8)
+            return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
     if not isinstance(image, np.ndarray):
         raise UserError(f"expected a path, a PIL image or a numpy array, got {type(image).__name__}")

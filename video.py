@@ -47,7 +47,8 @@ WINDOW_NAME = "age and gender (q or Esc to stop)"
 
 
 def is_video(path: str) -> bool:
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+    """A video file by its suffix (a folder named clip.mp4 is still a folder of photos)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES and not Path(path).is_dir()
 
 
 @dataclass

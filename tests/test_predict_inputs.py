@@ -224,3 +224,22 @@ def test_an_unexpected_failure_on_one_image_stays_with_that_image(tmp_path, monk
     results = [json.loads(line) for line in out.splitlines()]
     assert code == 1 and [len(item.get("faces", [])) for item in results] == [1, 0, 1]
     assert results[1]["error"] == "cannot decode: MemoryError" and err.count("\n") == 1
+
+
+def test_sixteen_bit_greyscale_pil_images_keep_their_face(utkface_dir, yunet_path):
+    from PIL import Image
+
+    grey = cv2.cvtColor(cv2.imread(str(sorted(utkface_dir.iterdir())[3])), cv2.COLOR_BGR2GRAY)
+    deep = Image.fromarray(grey.astype(np.uint16) * 257)  # mode I;16: RGB conversion would clip it to white
+    assert deep.mode == "I;16"
+    np.testing.assert_array_equal(predict.to_bgr(deep)[:, :, 0], grey)
+    assert len(predict.AgeGenderPredictor().predict(deep)) == 1
+
+
+def test_a_folder_named_like_a_video_is_a_folder_of_photos(tmp_path, capsys):
+    folder = tmp_path / "holiday.mp4"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), colourful())
+    code, out, err = run_predict([str(folder), "--detector", "none", "--format", "jsonl"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["image"] == str(folder / "a.png")
