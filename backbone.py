@@ -40,7 +40,7 @@ def build_model(image_size: int = IMAGE_SIZE, width: int = WIDTH, blocks_per_sta
     images = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(images)
     x = conv_bn_relu(x, width, strides=2 if image_size > 64 else 1)
-    for stage, filters in enumerate((width, 2 * width, 4 * width, 8 * width)):
+    for filters in (width, 2 * width, 4 * width, 8 * width):
         x = conv_bn_relu(x, filters, strides=2)
         for _ in range(blocks_per_stage):
             x = residual_block(x, filters)

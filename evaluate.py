@@ -41,7 +41,6 @@ SPLITS = ["test", "val", "train", "all"]
 NO_AGE, NO_GENDER = "age unknown", "gender unknown"
 RACES = ["White", "Black", "Asian", "Indian", "Others"]  # UTKFace's race codes 0..4
 CS_YEARS = 5  # CS@5: the share of faces whose age is off by at most 5 years
-SUMMARY_KEYS = ("n", "age_mae", "cs5", "gender_accuracy")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -140,15 +139,6 @@ def predict_table(run: Callable[[np.ndarray], dict], table: pd.DataFrame, root: 
     return pd.DataFrame(predictions, index=table.index, columns=["predicted_age", "male_probability"])
 
 
-def predict_dataset(model, dataset, framing: dict | None = None) -> tuple[np.ndarray, ...]:
-    """(true ages, predicted ages, true genders, P(male)) over a FaceDataset's rows, NaN where unreadable:
-    train.py's held-out figures, computed as this script computes them (feed them to summary_metrics)."""
-    predictions = predict_table(keras_runner(model), dataset.table, dataset.root, dataset.image_size, framing,
-                                dataset.batch_size)
-    return (dataset.table["age"].to_numpy(np.float64), predictions["predicted_age"].to_numpy(),
-            dataset.table["gender"].to_numpy(np.float64), predictions["male_probability"].to_numpy())
-
-
 # --- metrics ------------------------------------------------------------------------------------
 
 def _mean(values: np.ndarray) -> float:
@@ -175,12 +165,6 @@ def face_metrics(age_true, age_pred, gender_true, male_prob) -> dict:
             "gender_accuracy": _mean(right), "n_age": int(has_age.sum()), "n_gender": int(has_gender.sum()),
             "band_exact": _mean(band_gap == 0), "band_within_1": _mean(band_gap <= 1),
             "female_accuracy": _mean(right[~is_male]), "male_accuracy": _mean(right[is_male])}
-
-
-def summary_metrics(age_true, age_pred, gender_true, male_prob) -> dict:
-    """The headline figures of face_metrics: n, age_mae, cs5, gender_accuracy (the model card's)."""
-    metrics = face_metrics(age_true, age_pred, gender_true, male_prob)
-    return {key: metrics[key] for key in SUMMARY_KEYS}
 
 
 def table_metrics(scored: pd.DataFrame) -> dict:

@@ -354,16 +354,14 @@ def test_roots_must_match_the_caches(known, capsys):
 
 
 def test_train_py_scores_held_out_rows_the_same_way(known):
-    """predict_dataset + summary_metrics: train.py's figures for the model card, from a FaceDataset."""
+    """train.held_out_metrics: the model card's figures, from a FaceDataset, as evaluate.py computes them."""
     import keras
 
-    from generator import FaceDataset
+    from generator import FaceDataset, load_source
+    from train import held_out_metrics
 
-    dataset = FaceDataset(load_cache(known["cache"]), known["root"], SIZE, batch_size=5)
-    age_true, age_pred, gender_true, male_prob = evaluate.predict_dataset(keras.models.load_model(known["keras"]),
-                                                                          dataset)
-    assert len(age_pred) == len(ROWS) and np.isnan(age_pred[[9, 12]]).all() and np.isnan(male_prob[[9, 12]]).all()
+    dataset = FaceDataset(load_source(known["cache"], known["root"]), known["root"], SIZE, batch_size=5)
+    metrics = held_out_metrics(keras.models.load_model(known["keras"]), dataset)
+    assert set(metrics) == {"all", Path(known["cache"]).stem}
     expected = expected_figures(scored_rows(ROWS))
-    summary = evaluate.summary_metrics(age_true, age_pred, gender_true, male_prob)
-    assert set(summary) == {"n", "age_mae", "cs5", "gender_accuracy"}
-    assert_figures(summary, {key: expected[key] for key in summary})
+    assert_figures(metrics["all"], {key: expected[key] for key in ("n", "age_mae", "cs5", "gender_accuracy")})
