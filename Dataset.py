@@ -25,7 +25,6 @@ import argparse
 import bz2
 import contextlib
 import gzip
-import hashlib
 import http.client
 import json
 import lzma
@@ -44,8 +43,8 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from utils import (HelpFormatter, UserError, describe_os_error, locked, positive_float, positive_int, run_cli,
-                   sha256_hex, write_json)
+from utils import (HelpFormatter, UserError, describe_os_error, file_sha256, locked, positive_float, positive_int,
+                   run_cli, sha256_hex, write_json)
 
 
 
@@ -141,14 +140,6 @@ def make_folder(folder: Path) -> None:
         raise UserError(describe_os_error(error)) from None
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def archive_problem(path: Path) -> str | None:
     """Why path is not a tar (plain, gzip, bzip2 or xz) judging by its first bytes; None when it is one."""
     with open(path, "rb") as handle:
@@ -164,7 +155,7 @@ def _file_problem(path: Path, size_bytes: int | None, sha256: str | None,
     actual_bytes = path.stat().st_size
     if size_bytes is not None and actual_bytes != size_bytes:
         return f"size mismatch ({actual_bytes} bytes, expected {size_bytes})"
-    if sha256 and _sha256_of(path) != sha256.lower():
+    if sha256 and file_sha256(path) != sha256.lower():
         return "checksum mismatch"
     return content_problem(path) if content_problem else None
 

@@ -18,14 +18,13 @@ copies' labels agree, none where they disagree.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from utils import HelpFormatter, UserError, atomic_path, check_output_file, float_between, run_cli
+from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, float_between, run_cli
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -233,14 +232,6 @@ def regular_files(paths: list[Path], folder: Path) -> list[Path]:
     if len(files) < len(paths):
         print(f"{folder}: {len(paths) - len(files)} entries skipped: not regular files")
     return files
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_hashes(root: Path, paths) -> list[str]:

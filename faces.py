@@ -25,7 +25,7 @@ from typing import NoReturn
 import cv2
 import numpy as np
 
-from utils import UserError, atomic_path
+from utils import UserError, atomic_path, file_sha256
 
 # Where YuNet's five landmarks sit in a tightly framed face, as fractions of its side (right eye, left
 # eye, nose tip, right and left mouth corner, subject's right on the image's left). These are the
@@ -325,7 +325,7 @@ def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
     A plain urllib request rather than Dataset.download_file: the file is 230 kB (nothing to resume), and
     prediction then needs no `requests`.
     """
-    if YUNET_CACHE.is_file() and _sha256(YUNET_CACHE) == YUNET_SHA256:
+    if YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256:
         return YUNET_CACHE  # already there
     try:
         with urllib.request.urlopen(YUNET_URL, timeout=timeout_s) as response:
@@ -374,7 +374,7 @@ def find_yunet(model_path: str | None = None, download: bool = True, retry: bool
             if not Path(candidate).is_file():
                 raise UserError(f"YuNet model {candidate} not found")
             return Path(candidate)
-    if YUNET_CACHE.is_file() and _sha256(YUNET_CACHE) == YUNET_SHA256:
+    if YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256:
         return YUNET_CACHE
     if not download:
         raise DetectorUnavailable(f"YuNet face detector not found; {how_to_get_yunet()}")
@@ -384,10 +384,6 @@ def find_yunet(model_path: str | None = None, download: bool = True, retry: bool
         raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}; not retried for {hours:.0f} h, "
                                   f"--detector yunet retries now); {how_to_get_yunet()}")
     return fetch_yunet()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class FaceDetector:

@@ -13,7 +13,6 @@ tensorboard/ and curves.png. Several GPUs and machines: see `--strategy` and the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import subprocess
@@ -30,7 +29,7 @@ from faces import DETECTION_SCORE, make_framing
 from generator import FaceDataset, group_keys, load_source, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
-                   locked, run_cli, write_json)
+                   file_sha256, locked, run_cli, write_json)
 
 DEFAULT_CONTEXT = 1.0  # framing context of new runs; the shipped model's card records its own
 # What a run that failed before its first checkpoint leaves: starting afresh over it is fine.
@@ -176,7 +175,7 @@ def split_like(table: pd.DataFrame, split_csv: str, seed: int) -> dict[str, pd.D
         digest = hashes.get(path)
         if digest is None:  # a copy the cleaned cache dropped: identify it by its bytes
             image_path = earlier_root / path
-            digest = hashlib.sha256(image_path.read_bytes()).hexdigest() if image_path.is_file() else None
+            digest = file_sha256(image_path) if image_path.is_file() else None
         if digest is not None and content_split.get(digest) != "train":
             content_split[digest] = name
     seen = table["content_hash"].map(content_split)

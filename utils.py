@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -148,6 +149,15 @@ def locked(lock_path: Path, busy_message: str) -> Iterator[None]:
             except BlockingIOError:
                 raise UserError(f"{busy_message} (lock {lock_path} is held): wait for it to finish") from None
         yield
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in blocks (archives can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
