@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from generator import AGE_BANDS, age_band, frame_row, load_source
+from generator import AGE_BANDS, age_band, frame_row, load_sources
 from model_card import read_card
 from utils import HelpFormatter, UserError, atomic_path, finite_json, positive_int, run_cli
 
@@ -220,18 +220,17 @@ def read_split(model_path: Path, split: str) -> set[str] | None:
     return set(assignment.loc[assignment["split"] == split, "path"])
 
 
-def load_sources(caches: list[str], roots: list[str], split_paths: set[str] | None,
+def sources_in_split(caches: list[str], roots: list[str], split_paths: set[str] | None,
                  split: str) -> list[tuple[pd.DataFrame, Path]]:
     """(rows to score, their root) per cache, each row with a `source`: its own, else the cache's name."""
     loaded = []
-    for cache, root in zip(caches, roots * len(caches) if len(roots) == 1 else roots):
-        table = load_source(cache, root)
+    for cache, table in zip(caches, load_sources(caches, roots)):
         if split_paths is not None:
             table = table[table["path"].isin(split_paths)]
         if table.empty:
             raise UserError(f"no rows of {cache} are in the '{split}' split"
                             + (" (use --split all for a cache the model was not trained on)" if split != "all" else ""))
-        loaded.append((table, Path(root)))
+        loaded.append((table, Path(table["root"].iloc[0])))
     return loaded
 
 
@@ -306,7 +305,7 @@ def main(argv=None) -> int:
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # unreadable images are counted below
-    sources = load_sources(args.cache, args.root, read_split(model_path, args.split), args.split)
+    sources = sources_in_split(args.cache, args.root, read_split(model_path, args.split), args.split)
     if args.split == "test":
         print("note: test split: report, don't tune (choose models and settings on --split val)", file=sys.stderr)
     scored = pd.concat([table.join(predict_table(run, table, root, card["input"]["size"], framing=card["framing"],

@@ -49,6 +49,12 @@ def load_source(cache: str | Path, root: str | Path) -> pd.DataFrame:
     return table
 
 
+def load_sources(caches: list[str], roots: list[str]) -> list[pd.DataFrame]:
+    """load_source of each cache, with one root for all of them or one root each."""
+    roots = roots * len(caches) if len(roots) == 1 else roots
+    return [load_source(cache, root) for cache, root in zip(caches, roots)]
+
+
 def face_of_row(row) -> Face:
     """The face to frame for one cache row: landmarks if present, else its box, else the whole image."""
     landmarks = np.array([row[c] for c in LANDMARK_COLUMNS], np.float64)

@@ -26,7 +26,7 @@ from backbone import IMAGE_SIZE, WIDTH, AgeMAE, age_distribution_loss, build_mod
 from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, local_replicas,
                         precision_scope, strategy_scope)
 from faces import DETECTION_SCORE, make_framing
-from generator import FaceDataset, group_keys, load_source, pack_faces, split_table
+from generator import FaceDataset, group_keys, load_sources, pack_faces, split_table
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
                    file_sha256, locked, run_cli, write_json)
@@ -89,12 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
+def load_training_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
     """All caches as one table (a `source` and a `root` column per row) and each source's weight."""
-    roots = args.root * len(args.cache) if len(args.root) == 1 else args.root
-    tables = []
-    for cache, root in zip(args.cache, roots):
-        tables.append(load_source(cache, root))
+    tables = load_sources(args.cache, args.root)
     table = pd.concat(tables, ignore_index=True)
     if table.empty:
         raise UserError(f"no rows in {', '.join(args.cache)}: nothing to train on")
@@ -396,7 +393,7 @@ def train_run(args, out: Path) -> int:
     keep_run_settings(args, out)
     keras.utils.set_random_seed(args.seed)
 
-    table, source_weights = load_sources(args)
+    table, source_weights = load_training_sources(args)
     if args.limit:
         table = table.sample(min(args.limit, len(table)), random_state=args.seed).reset_index(drop=True)
     splits = make_splits(table, out, args)
