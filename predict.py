@@ -510,9 +510,7 @@ def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[I
                 open(temp_path, "w", newline="", errors="surrogateescape") as out:  # any file name survives
             yield out, set(), False
         return
-    part_path = output.with_name(output.name + ".part")
-    if part_path.is_symlink() or (part_path.exists() and not part_path.is_file()):
-        raise UserError(f"{part_path} is a link or a device: remove it, or choose another --output")
+    part_path = output.with_name(output.name + ".part")  # main() checked it as it checks FILE
     copied = resume and not part_path.exists() and output.is_file()
     if copied:
         part_path.write_bytes(output.read_bytes())  # continue a copy: FILE stays whole until the rename
