@@ -121,7 +121,8 @@ def split_table(table: pd.DataFrame, seed: int = 42, fractions: dict | None = No
     gender = table["gender"].fillna(-1).to_numpy()
     source = table["source"].fillna("").astype(str) if "source" in table else ""
     stratum = source + ":" + pd.Series(age_band(table["age"]) * 3 + gender, index=table.index).astype(str)
-    groups = pd.DataFrame({"key": group_keys(table), "stratum": stratum}).groupby("key", sort=True)
+    keys = group_keys(table)
+    groups = pd.DataFrame({"key": keys, "stratum": stratum}).groupby("key", sort=True)
     group_frame = groups.agg(stratum=("stratum", "first"), rows=("stratum", "size"))
     rng = np.random.default_rng(seed)
     assignment = pd.Series(0, index=group_frame.index)
@@ -134,7 +135,7 @@ def split_table(table: pd.DataFrame, seed: int = 42, fractions: dict | None = No
     for position in range(1, len(names)):  # tiny tables: take a group from train for an empty split
         if not (assignment == position).any() and (assignment == 0).sum() > 1:
             assignment[rng.choice(assignment.index[assignment == 0])] = position
-    row_split = group_keys(table).map(assignment).to_numpy()
+    row_split = keys.map(assignment).to_numpy()
     return {name: table[row_split == position] for position, name in enumerate(names)}
 
 
