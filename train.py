@@ -92,9 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_training_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
     """All caches as one table (a `source` and a `root` column per row) and each source's weight."""
     tables = load_sources(args.cache, args.root)
+    empty = [cache for cache, table in zip(args.cache, tables) if table.empty]
+    if empty:
+        raise UserError(f"no rows in {', '.join(empty)}: nothing to train on from it")
     table = pd.concat(tables, ignore_index=True)
-    if table.empty:
-        raise UserError(f"no rows in {', '.join(args.cache)}: nothing to train on")
     weights = None
     if args.source_weights:
         names = [t["source"].iloc[0] for t in tables]
