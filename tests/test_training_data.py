@@ -246,3 +246,13 @@ def test_split_like_refuses_unknown_split_names_and_ageless_training_is_refused(
     with pytest.raises(train.UserError, match="has an age"):
         train.main(["--cache", str(root / "genders.csv"), "--root", str(root), "--out", str(tmp_path / "run"),
                     "--epochs", "1", "--image-size", "32", "--width", "8"])
+
+
+def test_an_empty_cache_among_several_is_named(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    synthetic_table(root, count=10)
+    (root / "empty.csv").write_text((root / "cache.csv").read_text().splitlines()[0] + "\n")
+    with pytest.raises(train.UserError, match="no rows in .*empty.csv"):
+        train.main(["--cache", str(root / "cache.csv"), str(root / "empty.csv"), "--root", str(root),
+                    "--source-weights", "1", "1", "--out", str(tmp_path / "run"), "--epochs", "1"])
