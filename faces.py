@@ -397,9 +397,11 @@ class FaceDetector:
         if kind not in ("auto", "yunet", "haar"):
             raise ValueError(f"unknown detector {kind!r}")
         self.kind, self.score_threshold, self.min_face = kind, score_threshold, min_face
+        self._per_thread = threading.local()  # OpenCV's detectors keep state per call: one per thread
         if kind in ("auto", "yunet"):
             try:
-                self.yunet = _load_yunet(find_yunet(model_path, download, retry=kind == "yunet"), score_threshold)
+                self.yunet_path = find_yunet(model_path, download, retry=kind == "yunet")
+                self._per_thread.model = _load_yunet(self.yunet_path, score_threshold)
                 self.kind = "yunet"
             except DetectorUnavailable as error:
                 if kind == "yunet":
@@ -407,10 +409,14 @@ class FaceDetector:
                 print(f"warning: {error}. Using OpenCV's Haar cascade instead: {HAAR_FALLBACK_NOTE}", file=sys.stderr)
                 self.kind = "haar"
         if self.kind == "haar":
-            cascade_path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-            self.haar = cv2.CascadeClassifier(cascade_path)
-            if self.haar.empty():
-                raise UserError(f"OpenCV's Haar cascade {cascade_path} is missing (OpenCV 5 wheels ship none)")
+            self._per_thread.model = _load_haar()
+
+    def _model(self):
+        """This thread's YuNet or Haar cascade (the first call in a thread loads it)."""
+        if not hasattr(self._per_thread, "model"):
+            self._per_thread.model = (_load_yunet(self.yunet_path, self.score_threshold) if self.kind == "yunet"
+                                      else _load_haar())
+        return self._per_thread.model
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """All faces in a BGR image, largest first, in the image's own pixel coordinates."""
@@ -429,8 +435,9 @@ class FaceDetector:
         return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
 
     def _detect_yunet(self, image: np.ndarray) -> list[Face]:
-        self.yunet.setInputSize((image.shape[1], image.shape[0]))
-        _, rows = self.yunet.detect(image)
+        yunet = self._model()
+        yunet.setInputSize((image.shape[1], image.shape[0]))
+        _, rows = yunet.detect(image)
         if rows is None:
             return []
         return [Face(tuple(row[:4]), row[4:14].reshape(5, 2).astype(np.float64), float(row[14]), "yunet")
@@ -439,10 +446,18 @@ class FaceDetector:
     def _detect_haar(self, image: np.ndarray) -> list[Face]:
         grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
         min_side = max(24, min(grey.shape) // 20)
-        boxes, _, weights = self.haar.detectMultiScale3(grey, 1.1, 5, minSize=(min_side, min_side),
-                                                        outputRejectLevels=True)
+        boxes, _, weights = self._model().detectMultiScale3(grey, 1.1, 5, minSize=(min_side, min_side),
+                                                            outputRejectLevels=True)
         return [Face(tuple(map(float, box)), None, float(weight), "haar")
                 for box, weight in zip(boxes, np.ravel(weights))]
+
+
+def _load_haar():
+    cascade_path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+    haar = cv2.CascadeClassifier(cascade_path)
+    if haar.empty():
+        raise UserError(f"OpenCV's Haar cascade {cascade_path} is missing (OpenCV 5 wheels ship none)")
+    return haar
 
 
 def _load_yunet(path: Path, score_threshold: float):

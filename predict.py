@@ -18,12 +18,14 @@ Keras model in batches.
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import io
 import json
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,12 +42,13 @@ from model_card import open_onnx_session, read_card
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
                    positive_int, run_cli, same_file, unique_path)
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.int8.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
 CHUNK_IMAGES = 256  # images predicted together (their face crops go through the model in one batch)
 MODEL_BATCH = 64  # faces per model run (128 with their mirror images): bounds the network's activations
 CHUNK_PIXELS = 100_000_000  # decoded pixels kept at once for --save; bounds memory whatever the photos' size
-DECODE_AHEAD = min(4, os.cpu_count() or 1)  # images being decoded in threads (OpenCV releases the GIL)
+PREPARE_WORKERS = min(4, os.cpu_count() or 1)  # threads decoding images and framing their faces
+PREPARE_AHEAD = 2 * CHUNK_IMAGES  # inputs prepared ahead of the model (only their crops are held)
 PROGRESS_MIN_IMAGES = 10  # a progress bar on stderr above this many images
 NOT_A_CROP_SIDE = 4  # --detector none: warn when an image is this many times the model's input side
 NOT_A_CROP_ASPECT = 1.6  # ... or this far from square
@@ -161,6 +164,7 @@ class AgeGenderPredictor:
         self.detector = None if detector == "none" else FaceDetector(
             detector, detector_model, score_threshold=self.card["detector"]["score_threshold"], min_face=min_face)
         self.warned_not_a_crop = False
+        self.warning_lock = threading.Lock()  # faces are found in several threads; warn once all the same
 
     def _check_network(self, model_path: Path) -> None:
         """One clear line when a valid ONNX file is some other network than an age/gender model."""
@@ -179,11 +183,12 @@ class AgeGenderPredictor:
         if self.detector is not None:
             return self.detector.detect(image)
         height, width = image.shape[:2]
-        if not self.warned_not_a_crop and (max(height, width) > NOT_A_CROP_SIDE * self.size
-                                           or max(height, width) > NOT_A_CROP_ASPECT * min(height, width)):
-            print(f"warning: --detector none takes each image as one cropped face, but {name} is {width}x{height} "
-                  "pixels, not a face crop: use a detector for photos", file=sys.stderr)
-            self.warned_not_a_crop = True
+        if max(height, width) > NOT_A_CROP_SIDE * self.size or max(height, width) > NOT_A_CROP_ASPECT * min(height, width):
+            with self.warning_lock:
+                if not self.warned_not_a_crop:
+                    print(f"warning: --detector none takes each image as one cropped face, but {name} is "
+                          f"{width}x{height} pixels, not a face crop: use a detector for photos", file=sys.stderr)
+                    self.warned_not_a_crop = True
         return [Face((0.0, 0.0, float(width), float(height)), None, 1.0, "yunet")]
 
     def predict_faces(self, crops: np.ndarray) -> list[dict]:
@@ -252,15 +257,31 @@ def failed(path: str, what: str, error: Exception) -> dict:
     return {"image": path, "error": f"{what}: {reason}"}
 
 
-def decoded(paths: list[str]) -> Iterator[tuple[dict, np.ndarray | None]]:
-    """load_entry of each path, in order, with at most DECODE_AHEAD decodes running ahead of the consumer."""
-    with ThreadPoolExecutor(DECODE_AHEAD) as pool:
-        pending = [pool.submit(load_entry, path) for path in paths[:DECODE_AHEAD]]
+def prepared(predictor: AgeGenderPredictor, path: str, keep_image: bool) -> tuple[dict, tuple | None, np.ndarray | None]:
+    """One input decoded and its faces found and framed: (its JSON object, (image shape, faces, crops)
+    or None if it failed, the image itself if keep_image). Runs in a worker thread."""
+    entry, image = load_entry(path)
+    if image is None:
+        return entry, None, None
+    try:
+        framed = (image.shape, *predictor._frame_bgr(image, entry["image"]))
+    except Exception as error:
+        return failed(entry["image"], "face detection failed", error), None, None
+    return entry, framed, image if keep_image else None
+
+
+def prepared_in_order(predictor: AgeGenderPredictor, paths: list[str], keep_images: bool) -> Iterator[tuple]:
+    """prepared() of each path, in order, by a pool of threads (OpenCV releases the GIL, as does ONNX
+    Runtime while the model runs on earlier faces). At most `ahead` inputs are in flight: few when
+    their images are kept, since photos can be large."""
+    ahead = PREPARE_WORKERS if keep_images else PREPARE_AHEAD
+    with ThreadPoolExecutor(PREPARE_WORKERS) as pool:
+        pending = collections.deque(pool.submit(prepared, predictor, path, keep_images) for path in paths[:ahead])
         for position in range(len(paths)):
-            entry = pending.pop(0).result()
-            if position + DECODE_AHEAD < len(paths):
-                pending.append(pool.submit(load_entry, paths[position + DECODE_AHEAD]))
-            yield entry
+            result = pending.popleft().result()
+            if position + ahead < len(paths):
+                pending.append(pool.submit(prepared, predictor, paths[position + ahead], keep_images))
+            yield result
 
 
 def predict_files(predictor: AgeGenderPredictor, paths: list[str], saver: AnnotationSaver | None = None
@@ -268,16 +289,9 @@ def predict_files(predictor: AgeGenderPredictor, paths: list[str], saver: Annota
     """One result per path, in order, as chunks finish. Only face crops are kept between decoding and
     the model, plus (for --save) the chunk's images, at most CHUNK_PIXELS of them."""
     chunk, pixels = [], 0
-    for entry, image in decoded(paths):
-        framed = None
-        if image is not None:
-            try:
-                framed = (image.shape, *predictor._frame_bgr(image, entry["image"]))
-            except Exception as error:
-                entry = failed(entry["image"], "face detection failed", error)
-        kept = image if saver is not None and framed is not None else None
-        chunk.append((entry, framed, kept))
-        pixels += kept.size // 3 if kept is not None else 0
+    for entry, framed, image in prepared_in_order(predictor, paths, keep_images=saver is not None):
+        chunk.append((entry, framed, image))
+        pixels += image.size // 3 if image is not None else 0
         if len(chunk) >= CHUNK_IMAGES or pixels >= CHUNK_PIXELS:
             yield from finish_chunk(predictor, chunk, saver)
             chunk, pixels = [], 0

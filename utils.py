@@ -129,8 +129,14 @@ def check_output_file(output: str | os.PathLike, inputs: Iterable[str | os.PathL
     for parent in output.parents:
         if parent.exists() and not parent.is_dir():
             raise UserError(f"cannot write {output}: {parent} is a file, not a folder")
+    # Only an existing output can be an input file; else only a path resolving to the same place.
+    # (Matching names first spares resolving every input of a folder of 100,000 images.)
+    resolved = None if output.exists() else output.resolve()
     for source in inputs:
-        if source is not None and same_file(output, source):
+        if source is None:
+            continue
+        if same_file(output, source) if resolved is None else (
+                Path(source).name == output.name and Path(source).resolve() == resolved):
             raise UserError(f"refusing to overwrite the input {source} with an output: choose another path")
     return output
 

@@ -26,6 +26,16 @@ def test_the_shipped_model_carries_a_valid_card():
     assert card["format_version"] == FORMAT_VERSION and card == json.loads(SHIPPED.with_name("model.json").read_text())
 
 
+def test_the_shipped_int8_model_is_the_shipped_float_model_quantized():
+    """predict.py's default is model.int8.onnx: the same card, and the float model it came from is the one beside it."""
+    from utils import file_sha256
+
+    card = read_card(SHIPPED.with_name("model.int8.onnx"))
+    quantization = card.pop("quantization")
+    assert card == read_card(SHIPPED) and quantization["float_model_sha256"] == file_sha256(SHIPPED)
+    assert predict.DEFAULT_MODEL == SHIPPED.with_name("model.int8.onnx")
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda card: card.pop("format_version"), "no format_version"),
     (lambda card: card.update(format_version=99), "format_version 99"),

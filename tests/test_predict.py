@@ -173,7 +173,7 @@ def test_onnx_agrees_with_keras(utkface_dir):
 
     import backbone  # noqa: F401  registers the custom loss and metric
 
-    predictor = predict.AgeGenderPredictor(detector="none")
+    predictor = predict.AgeGenderPredictor(SHIPPED, detector="none")  # the float model; int8 has its own test
     crops = np.concatenate([predictor.frame(cv2.imread(str(p)))[1] for p in sorted(utkface_dir.iterdir())[:32]])
     expected = keras.models.load_model(keras_path).predict(crops.astype(np.float32), verbose=0)
     got = dict(zip(predictor.output_names, predictor.session.run(None, {predictor.input_name: crops.astype(np.float32)})))
