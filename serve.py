@@ -18,7 +18,7 @@ thread pool, on Linux, macOS and Windows alike. The work here is CPU-bound insid
 OpenCV, which release the GIL, so a thread pool serves requests concurrently; an async stack (FastAPI
 with uvicorn) would add machinery without making a single prediction faster. The model and detector
 load once at start-up. ONNX Runtime sessions may run from many threads at once; OpenCV's YuNet
-detector may not, so detection takes a lock (a few milliseconds) and the rest runs in parallel.
+detector may not, so faces.FaceDetector keeps one per thread, and requests run fully in parallel.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import io
 import ipaddress
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import cv2
@@ -66,17 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class LockedDetector:
-    """A face detector that one thread uses at a time (cv2.FaceDetectorYN keeps per-call state)."""
-
-    def __init__(self, detector):
-        self.detector, self.lock = detector, threading.Lock()
-
-    def detect(self, image: np.ndarray):
-        with self.lock:
-            return self.detector.detect(image)
-
-
 def json_response(data: dict, status: int = 200) -> Response:
     return Response(finite_json(data), status=status, mimetype="application/json")
 
@@ -104,8 +92,6 @@ def decode_upload(data: bytes, filename: str, max_pixels: int) -> np.ndarray:
 def create_app(predictor: AgeGenderPredictor, max_upload_bytes: int = round(MAX_UPLOAD_MB * 2**20),
                max_pixels: int = round(MAX_MEGAPIXELS * 1e6)) -> Flask:
     """The web app around one loaded predictor (shared by all request threads)."""
-    if predictor.detector is not None:
-        predictor.detector = LockedDetector(predictor.detector)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes  # larger requests: werkzeug raises 413 unread
 

@@ -77,6 +77,25 @@ def test_real_chips_frame_like_faces(utkface_dir, yunet_path, tmp_path):
         np.testing.assert_array_equal(prediction_crops[0], crops[position])  # the very same pixels
 
 
+@pytest.mark.parametrize("kind", ["yunet", "haar"])
+def test_one_detector_serves_many_threads(utkface_dir, yunet_path, kind):
+    """predict.py and serve.py find faces in several threads with one FaceDetector: each thread gets its
+    own OpenCV detector, so concurrent calls give exactly the serial answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    detector = FaceDetector(kind, str(yunet_path))
+    photos = [cv2.copyMakeBorder(load_photo(path), 60, 60, 90, 90, cv2.BORDER_CONSTANT, value=(120, 120, 120))
+              for path in sorted(utkface_dir.iterdir())[:24]]
+
+    def boxes(photo):
+        return [face.box for face in detector.detect(photo)]
+
+    serial = [boxes(photo) for photo in photos]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(boxes, photos * 3)) == serial * 3
+    assert sum(map(len, serial)) >= 12
+
+
 @pytest.mark.parametrize("content,reason", [
     (b"", "empty file"), (b"plain text, not pixels", "not an image"),
     ("truncated", "truncated JPEG"), ("huge", "too large"),
