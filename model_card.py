@@ -96,6 +96,8 @@ def open_onnx_session(model_path: str | os.PathLike):
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    # Idle model threads sleep instead of spinning: the cores go to the threads decoding and framing faces
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:
