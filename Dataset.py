@@ -356,7 +356,7 @@ def _check_archive_end(stream, end_offset: int) -> None:
 def _extract_to_staging(archive: Path, staging: Path, reserved: set[str], progress: bool) -> None:
     """Write every member of archive under staging, reading the whole archive and checking it as it goes."""
     staging.mkdir()
-    root = os.path.realpath(staging)
+    root, files = os.path.realpath(staging), 0
     with _open_archive(archive) as stream, tarfile.open(fileobj=stream, mode="r:") as tar, tqdm(
         desc=f"extract {archive.name}", unit="file", disable=not progress,
     ) as bar:
@@ -372,8 +372,11 @@ def _extract_to_staging(archive: Path, staging: Path, reserved: set[str], progre
             with open(os.open(target, WRITE_NEW_FILE, 0o666), "wb") as out:
                 while chunk := source.read(CHUNK_BYTES):
                     out.write(chunk)
+            files += 1
             bar.update()
         _check_archive_end(stream, tar.offset)
+    if not files:
+        raise BadArchive(f"empty archive {archive}: it holds no files")
 
 
 def _move_into_place(staging: Path, dest: Path) -> None:

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from faces import (YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, list_images, load_photo,
-                   quiet_opencv)
+from faces import (IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, list_images,
+                   load_photo, quiet_opencv)
 from model_card import open_onnx_session, read_card
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
                    positive_int, run_cli, same_file, unique_path)
@@ -389,7 +389,11 @@ class AnnotationSaver:
 
     def __init__(self, save: str, inputs: list[str]):
         self.target = Path(save)
-        self.single_file = len(inputs) == 1 and self.target.suffix.lower() in SAVE_SUFFIXES
+        suffix = self.target.suffix.lower()
+        if suffix in IMAGE_SUFFIXES - SAVE_SUFFIXES | {".gif", ".heic", ".avif"} and not self.target.is_dir():
+            raise UserError(f"--save {save}: cannot write {suffix} images; give a file ending in "
+                            f"{', '.join(sorted(SAVE_SUFFIXES))}, or a folder")
+        self.single_file = len(inputs) == 1 and suffix in SAVE_SUFFIXES
         if self.single_file:
             check_output_file(self.target, inputs)
         elif self.target.exists() and not self.target.is_dir():

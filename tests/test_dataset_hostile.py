@@ -265,6 +265,19 @@ def test_a_damaged_archive_extracts_nothing_and_says_so(tmp_path, damage):
     assert members_in(tmp_path / "dest") == set()
 
 
+@pytest.mark.parametrize("with_folder", [False, True])
+def test_an_archive_without_files_is_refused_and_leaves_no_marker(tmp_path, with_folder):
+    archive = tmp_path / "empty.tar"
+    with tarfile.open(archive, "w") as tar:
+        if with_folder:
+            folder = tarfile.TarInfo("data")
+            folder.type = tarfile.DIRTYPE
+            tar.addfile(folder)
+    with pytest.raises(Dataset.BadArchive, match="empty archive"):
+        Dataset.extract_archive(archive, tmp_path / "dest", progress=False)
+    assert not (tmp_path / "dest" / ".empty.tar.extracted").exists() and members_in(tmp_path / "dest") == set()
+
+
 def test_the_marker_names_the_archive_it_stands_for(tmp_path):
     archive, dest = tmp_path / "data.tar", tmp_path / "dest"
     archive.write_bytes(make_tar({"data/a.txt": b"first"}))

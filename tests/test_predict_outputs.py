@@ -70,3 +70,10 @@ def test_a_file_name_that_is_not_utf8_does_not_sink_a_csv_output(photos, capsys)
     assert code == 0, err
     rows = (photos / "ages.csv").read_bytes().splitlines()
     assert len(rows) == 3 and rows[1].startswith(bytes(photos) + b"/bad\xffname.png,0,")
+
+
+@pytest.mark.parametrize("name", ["out.gif", "out.tiff"])
+def test_save_to_an_image_format_it_cannot_write_is_refused(photos, capsys, name):
+    """--save out.gif once made a folder named out.gif; now it says which formats it writes."""
+    code, _, err = run_predict([str(photos / "a.png"), "--detector", "none", "--save", str(photos / name)], capsys)
+    assert code == 1 and "cannot write" in err and ".jpg" in err and not (photos / name).exists()
