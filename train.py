@@ -34,6 +34,7 @@ from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_
 DEFAULT_CONTEXT = 1.0  # framing context of new runs; the shipped model's card records its own
 # What a run that failed before its first checkpoint leaves: starting afresh over it is fine.
 START_FILES = {"run.json", "split.csv", "tensorboard", ".lock"}
+WRITTEN_FILES = ("model.keras", "last.keras", "split.csv", "run.json", "model.json", "model.onnx", "curves.png")
 # What shapes a run's data and model: a resumed run must use the values it started with.
 RUN_SETTINGS = ("cache", "root", "source_weights", "image_size", "width", "context", "framing", "seed", "limit",
                 "batch_size", "learning_rate", "min_lr")
@@ -382,11 +383,19 @@ def main(argv=None) -> int:
         raise UserError(f"nothing to resume: {out / 'last.keras'} does not exist")
     if not args.resume and (out / "last.keras").exists():
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if not args.resume and out.exists() and any(p.name not in START_FILES for p in out.iterdir()):
+    if not args.resume and out.exists() and any(p.name not in START_FILES and not is_unfinished_write(p)
+                                                for p in out.iterdir()):
         raise UserError(f"{out} holds other files: choose an empty or new folder for --out")
     out.mkdir(parents=True, exist_ok=True)
     with locked(out / ".lock", f"another train.py is using {out}"):
+        for path in filter(is_unfinished_write, out.iterdir()):  # only now: no other run is writing them
+            path.unlink()
         return train_run(args, out)
+
+
+def is_unfinished_write(path: Path) -> bool:
+    """The temporary file (utils.atomic_path's .NAME.xxxx) of a write that a killed run left unfinished."""
+    return path.is_file() and not path.is_symlink() and any(path.name.startswith(f".{name}.") for name in WRITTEN_FILES)
 
 
 def train_run(args, out: Path) -> int:

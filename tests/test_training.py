@@ -141,7 +141,10 @@ def test_train_refuses_to_overwrite_and_resumes(trained_run, capsys):
         train.run_cli(lambda: train.main(argv))
     assert "--resume" in capsys.readouterr().err
     resume_argv = [*argv[:argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2:], "--resume"]
+    stale = out / ".last.keras.k1ll3d.keras"  # what kill -9 during a checkpoint leaves beside the checkpoint
+    stale.write_bytes(b"half a checkpoint")
     assert train.main(resume_argv) == 0
+    assert not stale.exists() and not [p for p in out.iterdir() if p.name.startswith(".last.keras.")]
     assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [0, 1]
 
 
