@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from generator import AGE_BANDS, age_band, frame_row, load_sources
+from generator import (AGE_BANDS, add_source_arguments, age_band, check_source_arguments, frame_row,
+                       load_sources)
 from model_card import read_card
 from utils import HelpFormatter, UserError, atomic_path, finite_json, positive_int, run_cli
 
@@ -46,9 +47,7 @@ CS_YEARS = 5  # CS@5: the share of faces whose age is off by at most 5 years
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="model.keras (model.json beside it) or model.onnx")
-    parser.add_argument("--cache", nargs="+", required=True, metavar="CSV", help="cache.csv files to score")
-    parser.add_argument("--root", nargs="+", default=["imdb"], metavar="DIR",
-                        help="folder the cache paths are relative to: one for all caches, or one per cache")
+    add_source_arguments(parser, "cache.csv files to score")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="rows of the model's split.csv to score; all: every row of the caches")
     parser.add_argument("--groups", action="store_true",
@@ -59,8 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="threads decoding images")
     parser.add_argument("--out", help="folder for the plots (default: the model's folder)")
     args = parser.parse_args(argv)
-    if len(args.root) not in (1, len(args.cache)):
-        parser.error(f"give one --root for all caches or one per cache ({len(args.cache)}), not {len(args.root)}")
+    check_source_arguments(parser, args)
     return args
 
 

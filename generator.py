@@ -16,6 +16,7 @@ row's folder) are sampled with weights: each epoch draws rows so that each sourc
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -53,6 +54,18 @@ def load_sources(caches: list[str], roots: list[str]) -> list[pd.DataFrame]:
     """load_source of each cache, with one root for all of them or one root each."""
     roots = roots * len(caches) if len(roots) == 1 else roots
     return [load_source(cache, root) for cache, root in zip(caches, roots)]
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, cache_help: str) -> None:
+    """--cache CSV... and --root DIR..., as load_sources takes them (check_source_arguments checks them)."""
+    parser.add_argument("--cache", nargs="+", required=True, metavar="CSV", help=cache_help)
+    parser.add_argument("--root", nargs="+", default=["imdb"], metavar="DIR",
+                        help="folder the cache paths are relative to: one for all caches, or one per cache")
+
+
+def check_source_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if len(args.root) not in (1, len(args.cache)):
+        parser.error(f"give one --root for all caches or one per cache ({len(args.cache)}), not {len(args.root)}")
 
 
 def face_of_row(row) -> Face:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from evaluate import face_metrics, load_model, predict_table, read_split, sources_in_split
-from generator import frame_row
+from generator import add_source_arguments, check_source_arguments, frame_row
 from model_card import embed_in_onnx, read_card
 from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, positive_int, run_cli
 
@@ -38,17 +38,14 @@ SEED = 0
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="the float model.onnx (export.py), split.csv beside it")
-    parser.add_argument("--cache", nargs="+", required=True, metavar="CSV", help="the caches the model was trained on")
-    parser.add_argument("--root", nargs="+", default=["imdb"], metavar="DIR",
-                        help="folder the cache paths are relative to: one for all caches, or one per cache")
+    add_source_arguments(parser, "the caches the model was trained on")
     parser.add_argument("--out", help="the int8 model to write (default: model.int8.onnx beside --model)")
     parser.add_argument("--calibration-faces", type=positive_int, default=CALIBRATION_FACES,
                         help="training faces for calibration")
     parser.add_argument("--check-faces", type=positive_int, default=CHECK_FACES,
                         help="validation faces for the comparison with the float model")
     args = parser.parse_args(argv)
-    if len(args.root) not in (1, len(args.cache)):
-        parser.error(f"give one --root for all caches or one per cache ({len(args.cache)}), not {len(args.root)}")
+    check_source_arguments(parser, args)
     return args
 
 

@@ -26,7 +26,8 @@ from backbone import IMAGE_SIZE, WIDTH, AgeMAE, age_distribution_loss, build_mod
 from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, local_replicas,
                         precision_scope, strategy_scope)
 from faces import DETECTION_SCORE, make_framing
-from generator import FaceDataset, group_keys, load_sources, pack_faces, split_table
+from generator import (FaceDataset, add_source_arguments, check_source_arguments, group_keys, load_sources, pack_faces,
+                       split_table)
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
                    file_sha256, locked, run_cli, write_json)
@@ -42,9 +43,7 @@ RUN_SETTINGS = ("cache", "root", "source_weights", "image_size", "width", "conte
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--cache", nargs="+", required=True, help="cache.csv file(s) from build_cache.py")
-    parser.add_argument("--root", nargs="+", default=["imdb"],
-                        help="folder the cache's paths are relative to: one for all caches, or one per cache")
+    add_source_arguments(parser, "cache.csv file(s) from build_cache.py")
     parser.add_argument("--source-weights", nargs="+", type=float_between(0.0, low_inclusive=False),
                         help="share of each epoch drawn from each cache (default: by row count)")
     parser.add_argument("--out", default="runs/default", help="run folder")
@@ -79,8 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.image_size % 4:
         parser.error("--image-size must be a multiple of 4")
-    if len(args.root) not in (1, len(args.cache)):
-        parser.error(f"give one --root for all caches or one per cache ({len(args.cache)})")
+    check_source_arguments(parser, args)
     if args.source_weights and len(args.source_weights) != len(args.cache):
         parser.error(f"give one --source-weights value per cache ({len(args.cache)})")
     if args.split_like and not args.init:
