@@ -60,6 +60,7 @@ DEFAULT_FRAMING = make_framing()
 YUNET_FILE = "face_detection_yunet_2026may.onnx"
 YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
 YUNET_URL = f"https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/{YUNET_FILE}"
+MAX_DETECTOR_BYTES = 50 * 2**20  # YuNet is about 0.2 MB; a file far larger is something else
 YUNET_ENV = "AGE_GENDER_YUNET"  # path to the YuNet .onnx file, for offline machines
 YUNET_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "age-gender" / YUNET_FILE
 YUNET_MAX_BYTES = 2**20  # the model is 230 kB: a server sending more is not sending YuNet
@@ -401,7 +402,8 @@ class FaceDetector:
         if kind in ("auto", "yunet"):
             try:
                 self.yunet_path = find_yunet(model_path, download, retry=kind == "yunet")
-                self._per_thread.model = _load_yunet(self.yunet_path, score_threshold)
+                self.yunet_model = _read_model(self.yunet_path)  # each thread's detector is built from these bytes
+                self._per_thread.model = _load_yunet(self.yunet_model, self.yunet_path, score_threshold)
                 self.kind = "yunet"
             except DetectorUnavailable as error:
                 if kind == "yunet":
@@ -414,8 +416,8 @@ class FaceDetector:
     def _model(self):
         """This thread's YuNet or Haar cascade (the first call in a thread loads it)."""
         if not hasattr(self._per_thread, "model"):
-            self._per_thread.model = (_load_yunet(self.yunet_path, self.score_threshold) if self.kind == "yunet"
-                                      else _load_haar())
+            self._per_thread.model = (_load_yunet(self.yunet_model, self.yunet_path, self.score_threshold)
+                                      if self.kind == "yunet" else _load_haar())
         return self._per_thread.model
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -452,6 +454,15 @@ class FaceDetector:
                 for box, weight in zip(boxes, np.ravel(weights))]
 
 
+def _read_model(path: Path) -> np.ndarray:
+    try:
+        if path.stat().st_size > MAX_DETECTOR_BYTES:
+            raise UserError(f"{path} is too large to be a YuNet face detector (expected {YUNET_URL})")
+        return np.frombuffer(path.read_bytes(), np.uint8)
+    except OSError as error:
+        raise UserError(f"cannot read the face detector {path}: {error.strerror}") from None
+
+
 def _load_haar():
     cascade_path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
     haar = cv2.CascadeClassifier(cascade_path)
@@ -460,13 +471,13 @@ def _load_haar():
     return haar
 
 
-def _load_yunet(path: Path, score_threshold: float):
-    """cv2.FaceDetectorYN on path, tried once on a blank image: a valid ONNX file of another network
-    fails here, with one line, rather than on the first photo."""
+def _load_yunet(model: np.ndarray, path: Path, score_threshold: float):
+    """cv2.FaceDetectorYN on the bytes of the ONNX file at path, tried once on a blank image: a valid
+    ONNX file of another network fails here, with one line, rather than on the first photo."""
     log_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's DNN errors are many lines
     try:
-        yunet = cv2.FaceDetectorYN.create(str(path), "", (64, 64), score_threshold, 0.3, 5000)
+        yunet = cv2.FaceDetectorYN.create("onnx", model, np.zeros(0, np.uint8), (64, 64), score_threshold, 0.3, 5000)
         _, rows = yunet.detect(np.zeros((64, 64, 3), np.uint8))
         if rows is not None and rows.shape[1] != 15:
             raise cv2.error("unexpected output shape")

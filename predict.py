@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from utils import (HelpFormatter, UserError, atomic_path, check_output_file, fin
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.int8.onnx"
 AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
 CHUNK_IMAGES = 256  # images predicted together (their face crops go through the model in one batch)
+CHUNK_SECONDS = 2.0  # ... or fewer, so that results and progress of slow photos still come every few seconds
 MODEL_BATCH = 64  # faces per model run (128 with their mirror images): bounds the network's activations
 CHUNK_PIXELS = 100_000_000  # decoded pixels kept at once for --save; bounds memory whatever the photos' size
 PREPARE_WORKERS = min(4, os.cpu_count() or 1)  # threads decoding images and framing their faces
@@ -54,7 +56,7 @@ NOT_A_CROP_SIDE = 4  # --detector none: warn when an image is this many times th
 NOT_A_CROP_ASPECT = 1.6  # ... or this far from square
 CSV_COLUMNS = ["image", "face", "x", "y", "w", "h", "age", "age_low", "age_high", "gender", "gender_confidence",
                "p_male", "score", "error"]
-SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}  # what every OpenCV 4 writes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -275,26 +277,29 @@ def prepared_in_order(predictor: AgeGenderPredictor, paths: list[str], keep_imag
     Runtime while the model runs on earlier faces). At most `ahead` inputs are in flight: few when
     their images are kept, since photos can be large."""
     ahead = PREPARE_WORKERS if keep_images else PREPARE_AHEAD
-    with ThreadPoolExecutor(PREPARE_WORKERS) as pool:
+    pool = ThreadPoolExecutor(PREPARE_WORKERS)
+    try:
         pending = collections.deque(pool.submit(prepared, predictor, path, keep_images) for path in paths[:ahead])
         for position in range(len(paths)):
             result = pending.popleft().result()
             if position + ahead < len(paths):
                 pending.append(pool.submit(prepared, predictor, paths[position + ahead], keep_images))
             yield result
+    finally:  # Ctrl-C, a full disk or a closed pipe: drop the queue rather than prepare all of it first
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def predict_files(predictor: AgeGenderPredictor, paths: list[str], saver: AnnotationSaver | None = None
                   ) -> Iterator[dict]:
     """One result per path, in order, as chunks finish. Only face crops are kept between decoding and
     the model, plus (for --save) the chunk's images, at most CHUNK_PIXELS of them."""
-    chunk, pixels = [], 0
+    chunk, pixels, started = [], 0, time.monotonic()
     for entry, framed, image in prepared_in_order(predictor, paths, keep_images=saver is not None):
         chunk.append((entry, framed, image))
         pixels += image.size // 3 if image is not None else 0
-        if len(chunk) >= CHUNK_IMAGES or pixels >= CHUNK_PIXELS:
+        if len(chunk) >= CHUNK_IMAGES or pixels >= CHUNK_PIXELS or time.monotonic() - started > CHUNK_SECONDS:
             yield from finish_chunk(predictor, chunk, saver)
-            chunk, pixels = [], 0
+            chunk, pixels, started = [], 0, time.monotonic()
     yield from finish_chunk(predictor, chunk, saver)
 
 
@@ -390,13 +395,14 @@ class AnnotationSaver:
     def __init__(self, save: str, inputs: list[str]):
         self.target = Path(save)
         suffix = self.target.suffix.lower()
-        if suffix in IMAGE_SUFFIXES - SAVE_SUFFIXES | {".gif", ".heic", ".avif"} and not self.target.is_dir():
+        names_an_image = suffix in IMAGE_SUFFIXES | SAVE_SUFFIXES | {".gif", ".heic", ".avif"} and not self.target.is_dir()
+        if names_an_image and suffix not in SAVE_SUFFIXES:
             raise UserError(f"--save {save}: cannot write {suffix} images; give a file ending in "
                             f"{', '.join(sorted(SAVE_SUFFIXES))}, or a folder")
-        self.single_file = len(inputs) == 1 and suffix in SAVE_SUFFIXES
+        self.single_file = len(inputs) == 1 and names_an_image
         if self.single_file:
             check_output_file(self.target, inputs)
-        elif self.target.exists() and not self.target.is_dir():
+        elif names_an_image or (self.target.exists() and not self.target.is_dir()):
             raise UserError(f"--save {save}: for several images give a folder, not a file")
         self.taken: set[Path] = set()
         self.input_files = {file_identity(path) for path in inputs} - {None}

@@ -18,7 +18,8 @@ thread pool, on Linux, macOS and Windows alike. The work here is CPU-bound insid
 OpenCV, which release the GIL, so a thread pool serves requests concurrently; an async stack (FastAPI
 with uvicorn) would add machinery without making a single prediction faster. The model and detector
 load once at start-up. ONNX Runtime sessions may run from many threads at once; OpenCV's YuNet
-detector may not, so faces.FaceDetector keeps one per thread, and requests run fully in parallel.
+detector may not, so faces.FaceDetector builds one per thread (from the file's bytes read at start-up),
+and requests run fully in parallel.
 """
 from __future__ import annotations
 

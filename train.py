@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -386,14 +387,17 @@ def main(argv=None) -> int:
         raise UserError(f"{out} holds other files: choose an empty or new folder for --out")
     out.mkdir(parents=True, exist_ok=True)
     with locked(out / ".lock", f"another train.py is using {out}"):
-        for path in filter(is_unfinished_write, out.iterdir()):  # only now: no other run is writing them
+        for path in filter(is_unfinished_write, out.iterdir()):  # only now: no other train.py writes them
             path.unlink()
         return train_run(args, out)
 
 
 def is_unfinished_write(path: Path) -> bool:
-    """The temporary file (utils.atomic_path's .NAME.xxxx) of a write that a killed run left unfinished."""
-    return path.is_file() and not path.is_symlink() and any(path.name.startswith(f".{name}.") for name in WRITTEN_FILES)
+    """The temporary file of a write that a killed run left unfinished: utils.atomic_path names it
+    .NAME.<8 random characters>.SUFFIX (anything else, such as a user's .split.csv.swp, is kept)."""
+    return path.is_file() and not path.is_symlink() and any(
+        re.fullmatch(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}{re.escape(Path(name).suffix)}", path.name)
+        for name in WRITTEN_FILES)
 
 
 def train_run(args, out: Path) -> int:

@@ -96,6 +96,21 @@ def test_one_detector_serves_many_threads(utkface_dir, yunet_path, kind):
     assert sum(map(len, serial)) >= 12
 
 
+def test_new_threads_need_no_detector_file(utkface_dir, yunet_path, tmp_path):
+    """Each thread's YuNet is built from the bytes read at start-up: a server keeps working when the
+    detector's file is replaced or cleaned away after it started."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    copy = tmp_path / "yunet.onnx"
+    shutil.copy(yunet_path, copy)
+    detector = FaceDetector("yunet", str(copy))
+    copy.unlink()
+    photo = cv2.copyMakeBorder(load_photo(sorted(utkface_dir.iterdir())[0]), 60, 60, 90, 90, cv2.BORDER_CONSTANT)
+    with ThreadPoolExecutor(2) as pool:
+        assert [len(faces) for faces in pool.map(detector.detect, [photo] * 2)] == [1, 1]
+
+
 @pytest.mark.parametrize("content,reason", [
     (b"", "empty file"), (b"plain text, not pixels", "not an image"),
     ("truncated", "truncated JPEG"), ("huge", "too large"),

@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -245,3 +247,22 @@ def test_a_folder_named_like_a_video_is_a_folder_of_photos(tmp_path, capsys):
     code, out, err = run_predict([str(folder), "--detector", "none", "--format", "jsonl"], capsys)
     assert code == 0, err
     assert json.loads(out)["image"] == str(folder / "a.png")
+
+
+def test_a_folder_run_stopped_early_drops_its_queue(monkeypatch):
+    """Ctrl-C, a full disk or a closed pipe ends predict_files early: the inputs queued for preparing are
+    cancelled at once, not decoded and searched for faces first (that took minutes on big photos)."""
+    calls, lock = [0], threading.Lock()
+
+    def slow_prepared(predictor, path, keep_image):
+        with lock:
+            calls[0] += 1
+        time.sleep(0.01)
+        return {"image": path, "faces": []}, None, None
+
+    monkeypatch.setattr(predict, "prepared", slow_prepared)
+    results = predict.prepared_in_order(None, [f"{n}.jpg" for n in range(600)], keep_images=False)
+    next(results)
+    started = time.monotonic()
+    results.close()
+    assert time.monotonic() - started < 0.5 and calls[0] <= 4 * predict.PREPARE_WORKERS

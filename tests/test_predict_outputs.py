@@ -72,8 +72,17 @@ def test_a_file_name_that_is_not_utf8_does_not_sink_a_csv_output(photos, capsys)
     assert len(rows) == 3 and rows[1].startswith(bytes(photos) + b"/bad\xffname.png,0,")
 
 
-@pytest.mark.parametrize("name", ["out.gif", "out.tiff"])
+@pytest.mark.parametrize("name", ["out.gif", "out.jp2"])
 def test_save_to_an_image_format_it_cannot_write_is_refused(photos, capsys, name):
     """--save out.gif once made a folder named out.gif; now it says which formats it writes."""
     code, _, err = run_predict([str(photos / "a.png"), "--detector", "none", "--save", str(photos / name)], capsys)
     assert code == 1 and "cannot write" in err and ".jpg" in err and not (photos / name).exists()
+
+
+def test_save_to_one_image_name_for_several_inputs_is_refused(photos, capsys):
+    code, _, err = run_predict([str(photos / "a.png"), str(photos / "b.png"), "--detector", "none",
+                                "--save", str(photos / "two.jpg")], capsys)
+    assert code == 1 and "give a folder" in err and not (photos / "two.jpg").exists()
+    (photos / "made.jpg").mkdir()  # a folder the user named like an image is still a folder
+    assert run_predict([str(photos / "a.png"), "--detector", "none", "--save", str(photos / "made.jpg")], capsys)[0] == 0
+    assert [p.name for p in (photos / "made.jpg").iterdir()] == ["a_annotated.jpg"]

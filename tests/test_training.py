@@ -141,10 +141,14 @@ def test_train_refuses_to_overwrite_and_resumes(trained_run, capsys):
         train.run_cli(lambda: train.main(argv))
     assert "--resume" in capsys.readouterr().err
     resume_argv = [*argv[:argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2:], "--resume"]
-    stale = out / ".last.keras.k1ll3d.keras"  # what kill -9 during a checkpoint leaves beside the checkpoint
+    stale = out / ".last.keras.k1ll3d_9.keras"  # what kill -9 during a checkpoint leaves beside the checkpoint
     stale.write_bytes(b"half a checkpoint")
+    users = [out / name for name in (".split.csv.swp", ".model.keras.bak", ".run.json.orig")]
+    for path in users:
+        path.write_text("a user's file, named like ours")
     assert train.main(resume_argv) == 0
     assert not stale.exists() and not [p for p in out.iterdir() if p.name.startswith(".last.keras.")]
+    assert all(path.read_text() == "a user's file, named like ours" for path in users)
     assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [0, 1]
 
 
