@@ -202,13 +202,17 @@ def group_table(scored: pd.DataFrame) -> pd.DataFrame:
 
 # --- data ---------------------------------------------------------------------------------------
 
-def read_split(model_path: Path, split: str) -> set[str] | None:
-    """The paths split.csv (beside the model) puts in `split`; None for --split all."""
+ALL_HINT = "use --split all for a cache the model was not trained on"
+
+
+def read_split(model_path: Path, split: str, hint: str = ALL_HINT) -> set[str] | None:
+    """The paths split.csv (beside the model) puts in `split`; None for --split all. hint: what to do
+    when split.csv is missing or names none of a cache's rows."""
     if split == "all":
         return None
     split_path = model_path.with_name("split.csv")
     if not split_path.is_file():
-        raise UserError(f"{split_path} not found: use --split all for a cache the model was not trained on")
+        raise UserError(f"{split_path} not found: {hint}")
     try:
         assignment = pd.read_csv(split_path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -218,16 +222,15 @@ def read_split(model_path: Path, split: str) -> set[str] | None:
     return set(assignment.loc[assignment["split"] == split, "path"])
 
 
-def sources_in_split(caches: list[str], roots: list[str], split_paths: set[str] | None,
-                 split: str) -> list[tuple[pd.DataFrame, Path]]:
+def sources_in_split(caches: list[str], roots: list[str], split_paths: set[str] | None, split: str,
+                     hint: str = ALL_HINT) -> list[tuple[pd.DataFrame, Path]]:
     """(rows to score, their root) per cache, each row with a `source`: its own, else the cache's name."""
     loaded = []
     for cache, table in zip(caches, load_sources(caches, roots)):
         if split_paths is not None:
             table = table[table["path"].isin(split_paths)]
         if table.empty:
-            raise UserError(f"no rows of {cache} are in the '{split}' split"
-                            + (" (use --split all for a cache the model was not trained on)" if split != "all" else ""))
+            raise UserError(f"no rows of {cache} are in the '{split}' split" + (f" ({hint})" if split != "all" else ""))
         loaded.append((table, Path(table["root"].iloc[0])))
     return loaded
 

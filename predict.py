@@ -185,7 +185,8 @@ class AgeGenderPredictor:
         if self.detector is not None:
             return self.detector.detect(image)
         height, width = image.shape[:2]
-        if max(height, width) > NOT_A_CROP_SIDE * self.size or max(height, width) > NOT_A_CROP_ASPECT * min(height, width):
+        longer, shorter = max(height, width), min(height, width)
+        if longer > NOT_A_CROP_SIDE * self.size or longer > NOT_A_CROP_ASPECT * shorter:
             with self.warning_lock:
                 if not self.warned_not_a_crop:
                     print(f"warning: --detector none takes each image as one cropped face, but {name} is "
@@ -259,7 +260,8 @@ def failed(path: str, what: str, error: Exception) -> dict:
     return {"image": path, "error": f"{what}: {reason}"}
 
 
-def prepared(predictor: AgeGenderPredictor, path: str, keep_image: bool) -> tuple[dict, tuple | None, np.ndarray | None]:
+def prepared(predictor: AgeGenderPredictor, path: str, keep_image: bool
+             ) -> tuple[dict, tuple | None, np.ndarray | None]:
     """One input decoded and its faces found and framed: (its JSON object, (image shape, faces, crops)
     or None if it failed, the image itself if keep_image). Runs in a worker thread."""
     entry, image = load_entry(path)
@@ -395,7 +397,8 @@ class AnnotationSaver:
     def __init__(self, save: str, inputs: list[str]):
         self.target = Path(save)
         suffix = self.target.suffix.lower()
-        names_an_image = suffix in IMAGE_SUFFIXES | SAVE_SUFFIXES | {".gif", ".heic", ".avif"} and not self.target.is_dir()
+        image_suffixes = IMAGE_SUFFIXES | SAVE_SUFFIXES | {".gif", ".heic", ".avif"}
+        names_an_image = suffix in image_suffixes and not self.target.is_dir()
         if names_an_image and suffix not in SAVE_SUFFIXES:
             raise UserError(f"--save {save}: cannot write {suffix} images; give a file ending in "
                             f"{', '.join(sorted(SAVE_SUFFIXES))}, or a folder")

@@ -17,6 +17,7 @@ int8 model strays too far (a broken calibration).
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from pathlib import Path
 
@@ -24,12 +25,14 @@ import numpy as np
 import pandas as pd
 
 from evaluate import face_metrics, load_model, predict_table, read_split, sources_in_split
+from faces import quiet_opencv
 from generator import add_source_arguments, check_source_arguments, frame_row
 from model_card import embed_in_onnx, read_card
-from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, positive_int, run_cli
+from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, int_at_least, run_cli
 
 CALIBRATION_FACES = 512  # training faces (each also mirrored) whose activations set the int8 ranges
 CHECK_FACES = 2000  # validation faces on which the int8 model is compared with the float one
+MIN_CALIBRATION_FACES, MIN_CHECK_FACES = 32, 100  # fewer cannot set the ranges, or judge them
 MAX_MEAN_AGE_CHANGE = 1.0  # years; beyond this (or below the agreement below) the quantization failed
 MIN_GENDER_AGREEMENT = 0.97
 SEED = 0
@@ -40,19 +43,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="the float model.onnx (export.py), split.csv beside it")
     add_source_arguments(parser, "the caches the model was trained on")
     parser.add_argument("--out", help="the int8 model to write (default: model.int8.onnx beside --model)")
-    parser.add_argument("--calibration-faces", type=positive_int, default=CALIBRATION_FACES,
+    parser.add_argument("--calibration-faces", type=int_at_least(MIN_CALIBRATION_FACES), default=CALIBRATION_FACES,
                         help="training faces for calibration")
-    parser.add_argument("--check-faces", type=positive_int, default=CHECK_FACES,
+    parser.add_argument("--check-faces", type=int_at_least(MIN_CHECK_FACES), default=CHECK_FACES,
                         help="validation faces for the comparison with the float model")
     args = parser.parse_args(argv)
     check_source_arguments(parser, args)
     return args
 
 
+SPLIT_HINT = "quantize.py calibrates on the training split and checks on the validation split of split.csv"
+
+
 def rows_of_split(model_path: Path, caches: list[str], roots: list[str], split: str, count: int) -> pd.DataFrame:
     """At most `count` rows of one split, drawn from every cache in proportion to its rows there."""
-    table = pd.concat([table for table, _ in sources_in_split(caches, roots, read_split(model_path, split), split)],
-                      ignore_index=True)
+    sources = sources_in_split(caches, roots, read_split(model_path, split, SPLIT_HINT), split, SPLIT_HINT)
+    table = pd.concat([table for table, _ in sources], ignore_index=True)
     return table.sample(min(count, len(table)), random_state=SEED)
 
 
@@ -87,31 +93,41 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) ->
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         first_convolution = next(node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv")
         quantize_static(str(prepared), str(int8_path), Calibration(), quant_format=QuantFormat.QOperator,
-                        op_types_to_quantize=["Conv", "Relu", "Add", "GlobalAveragePool"], nodes_to_exclude=[first_convolution],
+                        op_types_to_quantize=["Conv", "Relu", "Add", "GlobalAveragePool"],
+                        nodes_to_exclude=[first_convolution],
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8)
 
 
-def compare(float_path: Path, int8_path: Path, table: pd.DataFrame) -> dict:
+def predicted(model_path: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """evaluate.predict_table of a model on the rows (NaN for unreadable images)."""
+    run, card = load_model(model_path)
+    return predict_table(run, table, "", card["input"]["size"], framing=card["framing"])
+
+
+def compare(table: pd.DataFrame, float_pred: pd.DataFrame, int8_pred: pd.DataFrame) -> dict:
     """Validation figures of both models on the same faces, and how far int8 moves the predictions."""
-    predictions = {}
-    for name, path in (("float", float_path), ("int8", int8_path)):
-        run, card = load_model(path)
-        predictions[name] = predict_table(run, table, "", card["input"]["size"], framing=card["framing"])
-    scored = predictions["float"].notna().all(axis=1)
-    if not scored.any():
-        raise UserError("none of the validation images could be read: is --root right?")
-    float_pred, int8_pred = predictions["float"][scored], predictions["int8"][scored]
-    labels = table[scored]
-    figures = {"validation_faces": int(scored.sum()),
+    if int8_pred[float_pred.notna().all(axis=1)].isna().any(axis=None):
+        raise UserError("the int8 model gives no number (NaN) for faces the float model scores: nothing written")
+    figures = {"validation_faces": len(table),
                "mean_age_change_years": float(np.abs(float_pred["predicted_age"] - int8_pred["predicted_age"]).mean()),
                "gender_agreement": float(((float_pred["male_probability"] >= 0.5)
                                           == (int8_pred["male_probability"] >= 0.5)).mean())}
     for name, prediction in (("float", float_pred), ("int8", int8_pred)):
-        metrics = face_metrics(labels["age"], prediction["predicted_age"], labels["gender"],
+        metrics = face_metrics(table["age"], prediction["predicted_age"], table["gender"],
                                prediction["male_probability"])
         figures[f"{name}_age_mae"], figures[f"{name}_gender_accuracy"] = metrics["age_mae"], metrics["gender_accuracy"]
     return figures
+
+
+def describe(figures: dict) -> str:
+    def both(name: str, digits: int) -> str:
+        return " -> ".join("-" if math.isnan(figures[f"{model}_{name}"]) else f"{figures[f'{model}_{name}']:.{digits}f}"
+                           for model in ("float", "int8"))
+
+    return (f"on {figures['validation_faces']} validation faces, float -> int8: age MAE {both('age_mae', 3)}, "
+            f"gender accuracy {both('gender_accuracy', 4)}; ages move {figures['mean_age_change_years']:.3f} years "
+            f"on average, genders agree on {figures['gender_agreement']:.4f}")
 
 
 def main(argv=None) -> int:
@@ -124,21 +140,28 @@ def main(argv=None) -> int:
     card = read_card(float_path)
     if "quantization" in card:
         raise UserError(f"{args.model} is already quantized: give the float model.onnx")
-    int8_path = check_output_file(args.out or float_path.with_name(f"{float_path.stem}.int8.onnx"), [float_path])
+    split_path = float_path.with_name("split.csv")
+    int8_path = check_output_file(args.out or float_path.with_name(f"{float_path.stem}.int8.onnx"),
+                                  [float_path, split_path, *args.cache])
     if int8_path.exists():
         raise UserError(f"{int8_path} exists: delete it first or give another --out")
-    calibration = framed_faces(rows_of_split(float_path, args.cache, args.root, "train", args.calibration_faces), card)
+    quiet_opencv()  # unreadable images are left out and counted, not reported line by line
     check_rows = rows_of_split(float_path, args.cache, args.root, "val", args.check_faces)
+    float_pred = predicted(float_path, check_rows)  # first: unreadable validation images fail early
+    readable = float_pred.notna().all(axis=1)
+    if readable.sum() < MIN_CHECK_FACES:
+        raise UserError(f"only {readable.sum()} of {len(check_rows)} validation images could be read; the check "
+                        f"needs {MIN_CHECK_FACES}: is --root right?")
+    calibration_rows = rows_of_split(float_path, args.cache, args.root, "train", args.calibration_faces)
+    calibration = framed_faces(calibration_rows, card)
     with atomic_path(int8_path) as temp_path:
         print(f"calibrating on {len(calibration)} training faces and their mirror images")
         quantize_onnx(float_path, temp_path, calibration)
         embed_in_onnx(temp_path, card)  # the card first: the comparison loads the model as predict.py does
-        figures = compare(float_path, temp_path, check_rows)
-        print(f"on {figures['validation_faces']} validation faces: age MAE {figures['float_age_mae']:.3f} (float) "
-              f"-> {figures['int8_age_mae']:.3f} (int8), gender accuracy {figures['float_gender_accuracy']:.4f} -> "
-              f"{figures['int8_gender_accuracy']:.4f}; ages move {figures['mean_age_change_years']:.3f} years "
-              f"on average, genders agree on {figures['gender_agreement']:.4f}")
-        if figures["mean_age_change_years"] > MAX_MEAN_AGE_CHANGE or figures["gender_agreement"] < MIN_GENDER_AGREEMENT:
+        figures = compare(check_rows[readable], float_pred[readable], predicted(temp_path, check_rows[readable]))
+        print(describe(figures))
+        if (figures["mean_age_change_years"] > MAX_MEAN_AGE_CHANGE
+                or figures["gender_agreement"] < MIN_GENDER_AGREEMENT):
             raise UserError(f"the int8 model strays too far from the float one (ages move more than "
                             f"{MAX_MEAN_AGE_CHANGE} years or genders agree on less than {MIN_GENDER_AGREEMENT}): "
                             "nothing written")

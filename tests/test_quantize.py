@@ -46,7 +46,7 @@ def test_the_int8_model_predicts_like_the_float_one(float_model, utkface_dir, ca
     assert quantization["float_model_sha256"] == file_sha256(float_model["model"])
     assert quantization["validation_faces"] >= 100 and quantization["calibration_faces"] == 64
     assert quantization["gender_agreement"] >= 0.97 and quantization["mean_age_change_years"] <= 1.0
-    assert f"{quantization['int8_age_mae']:.3f} (int8)" in capsys.readouterr().out
+    assert f"age MAE {quantization['float_age_mae']:.3f} -> {quantization['int8_age_mae']:.3f}" in capsys.readouterr().out
 
     float_predictor, int8_predictor = (predict.AgeGenderPredictor(path, detector="none")
                                        for path in (float_model["model"], int8_path))
@@ -58,7 +58,7 @@ def test_the_int8_model_predicts_like_the_float_one(float_model, utkface_dir, ca
     assert sum(a["gender"] == b["gender"] for a, b in zip(float_faces, int8_faces)) >= 38
     # the age distribution stays float: fine probabilities, not steps of 1/256, so its quantiles stay right
     age_probs = int8_predictor.run_model(crops)["age"]
-    assert np.allclose(age_probs.sum(axis=1), 1, atol=1e-4) and (age_probs[(age_probs > 0) & (age_probs < 1 / 256)]).size
+    assert np.allclose(age_probs.sum(axis=1), 1, atol=1e-4) and ((age_probs > 0) & (age_probs < 1 / 256)).any()
 
 
 def test_quantize_refuses_what_it_must_not_overwrite_or_redo(float_model, tmp_path):
@@ -68,12 +68,19 @@ def test_quantize_refuses_what_it_must_not_overwrite_or_redo(float_model, tmp_pa
     before = int8_path.read_bytes()
     with pytest.raises(UserError, match="exists"):
         quantize.main(quantize_argv(float_model))
-    with pytest.raises(UserError, match="overwrite the input"):
-        quantize.main(quantize_argv(float_model, "--out", str(float_model["model"])))
+    for an_input in (float_model["model"], float_model["cache"], float_model["model"].with_name("split.csv")):
+        with pytest.raises(UserError, match="overwrite the input"):
+            quantize.main(quantize_argv(float_model, "--out", str(an_input)))
+    alone = tmp_path / "alone" / "model.onnx"  # no split.csv beside it: nothing to calibrate or check on
+    alone.parent.mkdir()
+    shutil.copy(float_model["model"], alone)
+    with pytest.raises(UserError, match="split.csv not found: quantize.py calibrates on the training split"):
+        quantize.main([*quantize_argv(float_model)[:1], str(alone), *quantize_argv(float_model)[2:]])
     with pytest.raises(UserError, match="already quantized"):
         quantize.main([*quantize_argv(float_model)[:1], str(int8_path), *quantize_argv(float_model)[2:],
                        "--out", str(tmp_path / "twice.onnx")])
     assert int8_path.read_bytes() == before and not (tmp_path / "twice.onnx").exists()
+    assert sorted(p.name for p in alone.parent.iterdir()) == ["model.onnx"]
 
 
 def test_a_broken_calibration_writes_nothing(float_model, tmp_path, monkeypatch):
