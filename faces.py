@@ -15,8 +15,6 @@ import stat
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +72,7 @@ DETECTION_MAX_SIDE = 1280  # huge photos are detected on a copy this size, then 
 MIN_DETECTION_SIDE = 16  # narrower images hold no detectable face
 MAX_IMAGE_PIXELS = 100_000_000  # refuse absurd dimensions before decoding (a bomb would need gigabytes)
 MAX_FILE_BYTES = 512 * 2**20  # no photo is this large; a bigger file is not read into memory
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
 
 
@@ -182,6 +181,11 @@ def _open_with_pil(data: bytes):
 def read_training_image(path: str | os.PathLike) -> np.ndarray | None:
     """Fast decode of a dataset image (trusted files) to BGR, upright per EXIF; None if unreadable."""
     return cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+
+def is_video(path: str) -> bool:
+    """A video file by its suffix (a folder named clip.mp4 is still a folder of photos)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES and not Path(path).is_dir()
 
 
 def list_images(paths: list[str]) -> list[str]:
@@ -326,6 +330,9 @@ def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
     A plain urllib request rather than Dataset.download_file: the file is 230 kB (nothing to resume), and
     prediction then needs no `requests`.
     """
+    import urllib.error
+    import urllib.request  # here, not at the top: its import is a tenth of a one-photo run's start-up
+
     if YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256:
         return YUNET_CACHE  # already there
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import io
 import json
@@ -29,16 +30,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from faces import (IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, list_images,
-                   load_photo, quiet_opencv)
+from faces import (IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, is_video,
+                   list_images, load_photo, quiet_opencv)
 from model_card import open_onnx_session, read_card
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
                    positive_int, run_cli, same_file, unique_path)
@@ -521,7 +520,7 @@ def images_done(part_path: Path, fmt: str) -> set[str]:
     return done
 
 
-@contextmanager
+@contextlib.contextmanager
 def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[IO[str], set[str], bool]]:
     """(stream, images already done, whether the stream continues earlier output).
 
@@ -557,6 +556,25 @@ def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[I
 
 # --- command line -------------------------------------------------------------------------------
 
+def progress_bar(images: int):
+    """tqdm on stderr above PROGRESS_MIN_IMAGES images; below, tqdm is not even imported (its import is
+    a tenth of a one-photo run's start-up) and a silent bar with the same write() and update() stands in."""
+    if images <= PROGRESS_MIN_IMAGES:
+        return contextlib.nullcontext(SilentBar())
+    from tqdm import tqdm
+
+    return tqdm(total=images, unit="image", file=sys.stderr)
+
+
+class SilentBar:
+    @staticmethod
+    def write(message: str, file: IO[str]) -> None:
+        print(message, file=file)
+
+    def update(self) -> None:
+        pass
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_opencv()
@@ -564,9 +582,9 @@ def main(argv=None) -> int:
         print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
         if not args.paths:
             return 0
-    import video  # imported here: video.py imports this module
+    if args.webcam is not None or any(is_video(path) for path in args.paths):
+        import video  # imported here: video.py imports this module
 
-    if args.webcam is not None or any(video.is_video(path) for path in args.paths):
         return video.run(args)
     paths = list_images(args.paths)
     if args.output:
@@ -580,7 +598,7 @@ def main(argv=None) -> int:
     with open_results(args.output, args.format, args.resume) as (out, done, continuing):
         todo = [path for path in paths if path not in done]
         writer = ResultWriter(out, args.format, todo, header=not continuing)
-        with tqdm(total=len(todo), unit="image", file=sys.stderr, disable=len(todo) <= PROGRESS_MIN_IMAGES) as bar:
+        with progress_bar(len(todo)) as bar:
             for result in predict_files(predictor, todo, saver):
                 writer.write(result)
                 if "error" in result:

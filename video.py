@@ -36,7 +36,6 @@ from faces import Face, quiet_opencv
 from predict import AgeGenderPredictor, age_gender_fields, annotate, clipped_box
 from utils import UserError, atomic_path, check_output_file, finite_json
 
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
 SAVE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 MATCH_DISTANCE = 0.6  # a face continues a track when its centre moved less than this many face widths
 MATCH_SIZE_RATIO = 1.6  # ... and its box is at most this much larger or smaller than the track's
@@ -44,11 +43,6 @@ MAX_MISSED = 10  # processed frames a track survives unseen (a turned head, a mi
 SMOOTHING = 0.3  # weight of the newest frame in a track's running age distribution and P(male)
 DEFAULT_FPS = 30.0  # for streams that report no frame rate (many webcams)
 WINDOW_NAME = "age and gender (q or Esc to stop)"
-
-
-def is_video(path: str) -> bool:
-    """A video file by its suffix (a folder named clip.mp4 is still a folder of photos)."""
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES and not Path(path).is_dir()
 
 
 @dataclass
