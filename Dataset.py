@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import contextlib
 import gzip
 import http.client
 import json

@@ -58,10 +58,9 @@ DEFAULT_FRAMING = make_framing()
 YUNET_FILE = "face_detection_yunet_2026may.onnx"
 YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
 YUNET_URL = f"https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/{YUNET_FILE}"
-MAX_DETECTOR_BYTES = 50 * 2**20  # YuNet is about 0.2 MB; a file far larger is something else
 YUNET_ENV = "AGE_GENDER_YUNET"  # path to the YuNet .onnx file, for offline machines
 YUNET_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "age-gender" / YUNET_FILE
-YUNET_MAX_BYTES = 2**20  # the model is 230 kB: a server sending more is not sending YuNet
+YUNET_MAX_BYTES = 2**20  # the model is 230 kB: a larger download or file is not YuNet
 YUNET_FETCH_TIMEOUT_S = 5.0  # one short attempt: an offline machine should not wait
 YUNET_RETRY_AFTER_S = 24 * 3600  # after a failed download, runs use Haar without retrying for this long
 # Measured on 500 UTKFace faces placed on 640x480 canvases (see the README's Predict section).
@@ -423,8 +422,9 @@ class FaceDetector:
     def _model(self):
         """This thread's YuNet or Haar cascade (the first call in a thread loads it)."""
         if not hasattr(self._per_thread, "model"):
-            self._per_thread.model = (_load_yunet(self.yunet_model, self.yunet_path, self.score_threshold)
-                                      if self.kind == "yunet" else _load_haar())
+            # the bytes passed _load_yunet's check at start-up: no probe here, nor its process-wide log level
+            self._per_thread.model = (_new_yunet(self.yunet_model, self.score_threshold) if self.kind == "yunet"
+                                      else _load_haar())
         return self._per_thread.model
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -463,7 +463,7 @@ class FaceDetector:
 
 def _read_model(path: Path) -> np.ndarray:
     try:
-        if path.stat().st_size > MAX_DETECTOR_BYTES:
+        if path.stat().st_size > YUNET_MAX_BYTES:
             raise UserError(f"{path} is too large to be a YuNet face detector (expected {YUNET_URL})")
         return np.frombuffer(path.read_bytes(), np.uint8)
     except OSError as error:
@@ -478,13 +478,17 @@ def _load_haar():
     return haar
 
 
+def _new_yunet(model: np.ndarray, score_threshold: float):
+    return cv2.FaceDetectorYN.create("onnx", model, np.zeros(0, np.uint8), (64, 64), score_threshold, 0.3, 5000)
+
+
 def _load_yunet(model: np.ndarray, path: Path, score_threshold: float):
     """cv2.FaceDetectorYN on the bytes of the ONNX file at path, tried once on a blank image: a valid
     ONNX file of another network fails here, with one line, rather than on the first photo."""
     log_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's DNN errors are many lines
     try:
-        yunet = cv2.FaceDetectorYN.create("onnx", model, np.zeros(0, np.uint8), (64, 64), score_threshold, 0.3, 5000)
+        yunet = _new_yunet(model, score_threshold)
         _, rows = yunet.detect(np.zeros((64, 64, 3), np.uint8))
         if rows is not None and rows.shape[1] != 15:
             raise cv2.error("unexpected output shape")

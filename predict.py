@@ -55,7 +55,7 @@ NOT_A_CROP_SIDE = 4  # --detector none: warn when an image is this many times th
 NOT_A_CROP_ASPECT = 1.6  # ... or this far from square
 CSV_COLUMNS = ["image", "face", "x", "y", "w", "h", "age", "age_low", "age_high", "gender", "gender_confidence",
                "p_male", "score", "error"]
-SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}  # what every OpenCV 4 writes
+SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}  # what every OpenCV 4 writes
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Quantize an exported model.onnx to 8-bit integers: about 2.5x faster prediction on a CPU.
+"""Quantize an exported model.onnx to 8-bit integers: the network runs about 2.5x faster on a CPU.
 
     python quantize.py --model models/default/model.onnx --cache data/utkface.csv data/lfw.csv --root data
 
@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-SPLIT_HINT = "quantize.py calibrates on the training split and checks on the validation split of split.csv"
+SPLIT_HINT = ("quantize.py calibrates on the training split and checks on the validation split of split.csv: "
+              "give the model.onnx of a train.py run, its split.csv beside it, and the caches it trained on")
 
 
 def rows_of_split(model_path: Path, caches: list[str], roots: list[str], split: str, count: int) -> pd.DataFrame:
@@ -64,12 +65,19 @@ def rows_of_split(model_path: Path, caches: list[str], roots: list[str], split: 
 
 def framed_faces(table: pd.DataFrame, card: dict) -> np.ndarray:
     """The rows' faces as the model sees them (each row's own root), unreadable images left out."""
-    crops = [frame_row(record, "", card["input"]["size"], framing=card["framing"])
-             for record in table.to_dict("records")]
+    size = card["input"]["size"]
+    crops = [frame_row(record, "", size, framing=card["framing"]) for record in table.to_dict("records")]
     crops = [crop for crop in crops if crop is not None]
-    if not crops:
-        raise UserError("none of the calibration images could be read: is --root right?")
-    return np.stack(crops)
+    return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+
+
+def check_enough_faces(split: str, readable: int, rows: int, needed: int) -> None:
+    if readable >= needed:
+        return
+    if readable < rows:
+        raise UserError(f"only {readable} of {rows} {split} images could be read; quantize.py needs {needed}: "
+                        "is --root right?")
+    raise UserError(f"the {split} split holds only {rows} faces; quantize.py needs {needed}")
 
 
 def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
@@ -107,7 +115,7 @@ def predicted(model_path: Path, table: pd.DataFrame) -> pd.DataFrame:
 
 def compare(table: pd.DataFrame, float_pred: pd.DataFrame, int8_pred: pd.DataFrame) -> dict:
     """Validation figures of both models on the same faces, and how far int8 moves the predictions."""
-    if int8_pred[float_pred.notna().all(axis=1)].isna().any(axis=None):
+    if int8_pred.isna().any(axis=None):
         raise UserError("the int8 model gives no number (NaN) for faces the float model scores: nothing written")
     figures = {"validation_faces": len(table),
                "mean_age_change_years": float(np.abs(float_pred["predicted_age"] - int8_pred["predicted_age"]).mean()),
@@ -149,11 +157,10 @@ def main(argv=None) -> int:
     check_rows = rows_of_split(float_path, args.cache, args.root, "val", args.check_faces)
     float_pred = predicted(float_path, check_rows)  # first: unreadable validation images fail early
     readable = float_pred.notna().all(axis=1)
-    if readable.sum() < MIN_CHECK_FACES:
-        raise UserError(f"only {readable.sum()} of {len(check_rows)} validation images could be read; the check "
-                        f"needs {MIN_CHECK_FACES}: is --root right?")
+    check_enough_faces("validation", int(readable.sum()), len(check_rows), MIN_CHECK_FACES)
     calibration_rows = rows_of_split(float_path, args.cache, args.root, "train", args.calibration_faces)
     calibration = framed_faces(calibration_rows, card)
+    check_enough_faces("training", len(calibration), len(calibration_rows), MIN_CALIBRATION_FACES)
     with atomic_path(int8_path) as temp_path:
         print(f"calibrating on {len(calibration)} training faces and their mirror images")
         quantize_onnx(float_path, temp_path, calibration)

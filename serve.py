@@ -60,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=THREADS, help="requests served at once")
     parser.add_argument("--max-upload-mb", type=positive_float, default=MAX_UPLOAD_MB, help="largest upload")
     parser.add_argument("--max-megapixels", type=positive_float, default=MAX_MEGAPIXELS, help="largest photo")
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model.onnx with its model.json")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL),
+                        help="an ONNX model carrying its card (export.py, quantize.py)")
     parser.add_argument("--detector", choices=["yunet", "haar", "none"], default="yunet", help="face detector")
     parser.add_argument("--detector-model", help="YuNet .onnx file (default: $AGE_GENDER_YUNET, else a download)")
     return parser.parse_args(argv)

@@ -84,5 +84,6 @@ def test_save_to_one_image_name_for_several_inputs_is_refused(photos, capsys):
                                 "--save", str(photos / "two.jpg")], capsys)
     assert code == 1 and "give a folder" in err and not (photos / "two.jpg").exists()
     (photos / "made.jpg").mkdir()  # a folder the user named like an image is still a folder
-    assert run_predict([str(photos / "a.png"), "--detector", "none", "--save", str(photos / "made.jpg")], capsys)[0] == 0
+    code, _, _ = run_predict([str(photos / "a.png"), "--detector", "none", "--save", str(photos / "made.jpg")], capsys)
+    assert code == 0
     assert [p.name for p in (photos / "made.jpg").iterdir()] == ["a_annotated.jpg"]

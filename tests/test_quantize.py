@@ -46,7 +46,8 @@ def test_the_int8_model_predicts_like_the_float_one(float_model, utkface_dir, ca
     assert quantization["float_model_sha256"] == file_sha256(float_model["model"])
     assert quantization["validation_faces"] >= 100 and quantization["calibration_faces"] == 64
     assert quantization["gender_agreement"] >= 0.97 and quantization["mean_age_change_years"] <= 1.0
-    assert f"age MAE {quantization['float_age_mae']:.3f} -> {quantization['int8_age_mae']:.3f}" in capsys.readouterr().out
+    mae_line = f"age MAE {quantization['float_age_mae']:.3f} -> {quantization['int8_age_mae']:.3f}"
+    assert mae_line in capsys.readouterr().out
 
     float_predictor, int8_predictor = (predict.AgeGenderPredictor(path, detector="none")
                                        for path in (float_model["model"], int8_path))
@@ -79,6 +80,14 @@ def test_quantize_refuses_what_it_must_not_overwrite_or_redo(float_model, tmp_pa
     with pytest.raises(UserError, match="already quantized"):
         quantize.main([*quantize_argv(float_model)[:1], str(int8_path), *quantize_argv(float_model)[2:],
                        "--out", str(tmp_path / "twice.onnx")])
+    small = tmp_path / "small" / "model.onnx"  # a split with too few training faces to calibrate on
+    small.parent.mkdir()
+    shutil.copy(float_model["model"], small)
+    split = pd.read_csv(float_model["model"].with_name("split.csv"))
+    train_rows = split.index[split["split"] == "train"]
+    split.drop(train_rows[10:]).to_csv(small.with_name("split.csv"), index=False)
+    with pytest.raises(UserError, match="the training split holds only 10 faces; quantize.py needs 32"):
+        quantize.main([*quantize_argv(float_model)[:1], str(small), *quantize_argv(float_model)[2:]])
     assert int8_path.read_bytes() == before and not (tmp_path / "twice.onnx").exists()
     assert sorted(p.name for p in alone.parent.iterdir()) == ["model.onnx"]
 
@@ -86,7 +95,7 @@ def test_quantize_refuses_what_it_must_not_overwrite_or_redo(float_model, tmp_pa
 def test_a_broken_calibration_writes_nothing(float_model, tmp_path, monkeypatch):
     """Calibrated on one flat grey face, the int8 ranges cannot hold real faces: the check against the
     float model on validation faces refuses it, and no file is left behind."""
-    monkeypatch.setattr(quantize, "framed_faces", lambda table, card: np.full((8, 96, 96, 3), 128, np.uint8))
+    monkeypatch.setattr(quantize, "framed_faces", lambda table, card: np.full((len(table), 96, 96, 3), 128, np.uint8))
     out = tmp_path / "broken.int8.onnx"
     with pytest.raises(UserError, match="strays too far"):
         quantize.main(quantize_argv(float_model, "--out", str(out)))
