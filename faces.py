@@ -463,8 +463,10 @@ class FaceDetector:
 
 def _read_model(path: Path) -> np.ndarray:
     try:
-        if path.stat().st_size > YUNET_MAX_BYTES:
-            raise UserError(f"{path} is too large to be a YuNet face detector (expected {YUNET_URL})")
+        size = path.stat().st_size
+        if size > YUNET_MAX_BYTES:
+            raise UserError(f"{path} is not a YuNet face detector: {size:,} bytes, where YuNet is 230 kB "
+                            f"(expected {YUNET_URL})")
         return np.frombuffer(path.read_bytes(), np.uint8)
     except OSError as error:
         raise UserError(f"cannot read the face detector {path}: {error.strerror}") from None

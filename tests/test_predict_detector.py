@@ -98,8 +98,16 @@ def test_fetch_detector_failure_is_one_line_and_leaves_nothing(server, body, cap
 
 
 def test_a_valid_onnx_that_is_not_yunet_is_one_line(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
     photo = tmp_path / "photo.png"
     photo.write_bytes((ROOT / "docs" / "astronaut_annotated.jpg").read_bytes())
-    wrong = ROOT / "models" / "default" / "model.onnx"  # a real ONNX network, but not a face detector
-    code, _, err = run_predict([str(photo), "--detector-model", str(wrong)], capsys)
-    assert code == 1 and err.count("\n") == 1 and "is not a YuNet face detector" in err
+    small = tmp_path / "identity.onnx"  # a real, small ONNX network that OpenCV loads, but not a face detector
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "identity", [value], [output])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(small))
+    for wrong in (small, ROOT / "models" / "default" / "model.onnx"):  # the age model is also far too large
+        code, _, err = run_predict([str(photo), "--detector-model", str(wrong)], capsys)
+        assert code == 1 and err.count("\n") == 1 and "is not a YuNet face detector" in err, err
