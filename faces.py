@@ -323,6 +323,10 @@ def how_to_get_yunet() -> str:
             f"(or anywhere, and set {YUNET_ENV} to that file)")
 
 
+def _cache_holds_yunet() -> bool:
+    return YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256
+
+
 def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
     """Download YuNet into the cache in one short attempt and verify its sha256; DetectorUnavailable if not.
 
@@ -332,7 +336,7 @@ def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
     import urllib.error
     import urllib.request  # here, not at the top: its import is a tenth of a one-photo run's start-up
 
-    if YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256:
+    if _cache_holds_yunet():
         return YUNET_CACHE  # already there
     try:
         with urllib.request.urlopen(YUNET_URL, timeout=timeout_s) as response:
@@ -381,7 +385,7 @@ def find_yunet(model_path: str | None = None, download: bool = True, retry: bool
             if not Path(candidate).is_file():
                 raise UserError(f"YuNet model {candidate} not found")
             return Path(candidate)
-    if YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256:
+    if _cache_holds_yunet():
         return YUNET_CACHE
     if not download:
         raise DetectorUnavailable(f"YuNet face detector not found; {how_to_get_yunet()}")

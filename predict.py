@@ -209,21 +209,18 @@ class AgeGenderPredictor:
 
     def frame(self, image, color: str = "bgr") -> tuple[list[Face], np.ndarray]:
         """The faces in an image and their crops, framed as the model was trained."""
-        image = to_bgr(image, color)
-        return self._frame_bgr(image)
+        _, faces, crops = self._frame_bgr(to_bgr(image, color))
+        return faces, crops
 
-    def _frame_bgr(self, image: np.ndarray, name: str = "image") -> tuple[list[Face], np.ndarray]:
+    def _frame_bgr(self, image: np.ndarray, name: str = "image") -> tuple[tuple, list[Face], np.ndarray]:
+        """(the image's shape, its faces, their crops): what _describe takes for each image."""
         faces = self.find_faces(image, name)
         crops = [frame_face(image, face, self.size, self.framing) for face in faces]
-        return faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return image.shape, faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
 
     def predict_many(self, images: Iterable, color: str = "bgr") -> list[list[dict]]:
         """Every face of every image (paths, PIL images or arrays), the faces through the model together."""
-        framed = []
-        for image in images:
-            image = to_bgr(image, color)
-            framed.append((image.shape, *self._frame_bgr(image)))
-        return self._describe(framed)
+        return self._describe([self._frame_bgr(to_bgr(image, color)) for image in images])
 
     def _describe(self, framed: list[tuple[tuple, list[Face], np.ndarray]]) -> list[list[dict]]:
         """The face dicts (the README's schema) for (image shape, faces, crops) of several images."""
@@ -267,7 +264,7 @@ def prepared(predictor: AgeGenderPredictor, path: str, keep_image: bool
     if image is None:
         return entry, None, None
     try:
-        framed = (image.shape, *predictor._frame_bgr(image, entry["image"]))
+        framed = predictor._frame_bgr(image, entry["image"])
     except Exception as error:
         return failed(entry["image"], "face detection failed", error), None, None
     return entry, framed, image if keep_image else None

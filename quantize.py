@@ -27,7 +27,7 @@ import pandas as pd
 from evaluate import face_metrics, load_model, predict_table, read_split, sources_in_split
 from faces import quiet_opencv
 from generator import add_source_arguments, check_source_arguments, frame_row
-from model_card import embed_in_onnx, read_card
+from model_card import embed_in_onnx
 from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, int_at_least, run_cli
 
 CALIBRATION_FACES = 512  # training faces (each also mirrored) whose activations set the int8 ranges
@@ -95,11 +95,12 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) ->
         def get_next(self):
             return next(self.feeds, None)
 
-    input_name = onnx.load(str(float_path)).graph.input[0].name
     with tempfile.TemporaryDirectory() as folder:
         prepared = Path(folder) / "prepared.onnx"  # graph folded and shapes inferred for the quantizer
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        first_convolution = next(node.name for node in onnx.load(str(prepared)).graph.node if node.op_type == "Conv")
+        graph = onnx.load(str(prepared)).graph
+        input_name = graph.input[0].name
+        first_convolution = next(node.name for node in graph.node if node.op_type == "Conv")
         quantize_static(str(prepared), str(int8_path), Calibration(), quant_format=QuantFormat.QOperator,
                         op_types_to_quantize=["Conv", "Relu", "Add", "GlobalAveragePool"],
                         nodes_to_exclude=[first_convolution],
@@ -107,9 +108,8 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) ->
                         weight_type=QuantType.QInt8)
 
 
-def predicted(model_path: Path, table: pd.DataFrame) -> pd.DataFrame:
-    """evaluate.predict_table of a model on the rows (NaN for unreadable images)."""
-    run, card = load_model(model_path)
+def predicted(run, card: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """evaluate.predict_table of a loaded model (evaluate.load_model) on the rows (NaN for unreadable images)."""
     return predict_table(run, table, "", card["input"]["size"], framing=card["framing"])
 
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         raise UserError(f"{args.model}: no such model file")
     if float_path.suffix != ".onnx":
         raise UserError(f"{args.model}: give the exported model.onnx (export.py writes it from model.keras)")
-    card = read_card(float_path)
+    run_float, card = load_model(float_path)
     if "quantization" in card:
         raise UserError(f"{args.model} is already quantized: give the float model.onnx")
     split_path = float_path.with_name("split.csv")
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         raise UserError(f"{int8_path} exists: delete it first or give another --out")
     quiet_opencv()  # unreadable images are left out and counted, not reported line by line
     check_rows = rows_of_split(float_path, args.cache, args.root, "val", args.check_faces)
-    float_pred = predicted(float_path, check_rows)  # first: unreadable validation images fail early
+    float_pred = predicted(run_float, card, check_rows)  # first: unreadable validation images fail early
     readable = float_pred.notna().all(axis=1)
     check_enough_faces("validation", int(readable.sum()), len(check_rows), MIN_CHECK_FACES)
     calibration_rows = rows_of_split(float_path, args.cache, args.root, "train", args.calibration_faces)
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
         print(f"calibrating on {len(calibration)} training faces and their mirror images")
         quantize_onnx(float_path, temp_path, calibration)
         embed_in_onnx(temp_path, card)  # the card first: the comparison loads the model as predict.py does
-        figures = compare(check_rows[readable], float_pred[readable], predicted(temp_path, check_rows[readable]))
+        int8_pred = predicted(*load_model(temp_path), check_rows[readable])
+        figures = compare(check_rows[readable], float_pred[readable], int8_pred)
         print(describe(figures))
         if (figures["mean_age_change_years"] > MAX_MEAN_AGE_CHANGE
                 or figures["gender_agreement"] < MIN_GENDER_AGREEMENT):
