@@ -58,16 +58,31 @@ def expected_age(age_probs):
     return ops.sum(age_probs * ops.arange(AGE_BINS, dtype=age_probs.dtype), axis=-1)
 
 
-@keras.saving.register_keras_serializable(package="age_gender")
-def age_distribution_loss(age_years, age_probs):
-    """Cross-entropy against a Gaussian around the true age, plus the L1 error of the expected age."""
+def gaussian_age_targets(age_years):
+    """The soft target of each true age: a Gaussian over AGE_BINS around it (neighbouring ages are nearly right)."""
     age_years = ops.reshape(ops.cast(age_years, "float32"), (-1, 1))
     bins = ops.arange(AGE_BINS, dtype="float32")[None, :]
     target = ops.exp(-0.5 * ops.square((bins - age_years) / AGE_SIGMA_YEARS))
-    target = target / ops.sum(target, axis=-1, keepdims=True)
+    return target / ops.sum(target, axis=-1, keepdims=True)
+
+
+def _split_age_target(age_target):
+    """(age in years, target distribution) from either form of the age target: (batch, 1) true ages, or
+    (batch, 1 + AGE_BINS) an age followed by its target distribution (a teacher's mixed in, train.py --teacher)."""
+    age_target = ops.cast(age_target, "float32")
+    if len(age_target.shape) == 2 and age_target.shape[-1] == 1 + AGE_BINS:
+        return age_target[:, 0], age_target[:, 1:]
+    age_years = ops.reshape(age_target, (-1,))
+    return age_years, gaussian_age_targets(age_years)
+
+
+@keras.saving.register_keras_serializable(package="age_gender")
+def age_distribution_loss(age_target, age_probs):
+    """Cross-entropy against the target distribution, plus the L1 error of the expected age."""
+    age_years, target = _split_age_target(age_target)
     age_probs = ops.cast(age_probs, "float32")
     cross_entropy = -ops.sum(target * ops.log(ops.clip(age_probs, 1e-7, 1.0)), axis=-1)
-    l1_years = ops.abs(expected_age(age_probs) - age_years[:, 0])
+    l1_years = ops.abs(expected_age(age_probs) - age_years)
     return cross_entropy + AGE_L1_WEIGHT * l1_years
 
 
@@ -82,5 +97,22 @@ class AgeMAE(keras.metrics.MeanMetricWrapper):
         return {"name": self.name, "dtype": self.dtype}
 
 
-def _age_abs_error(age_years, age_probs):
-    return ops.abs(expected_age(ops.cast(age_probs, "float32")) - ops.reshape(ops.cast(age_years, "float32"), (-1,)))
+def _age_abs_error(age_target, age_probs):
+    return ops.abs(expected_age(ops.cast(age_probs, "float32")) - _split_age_target(age_target)[0])
+
+
+@keras.saving.register_keras_serializable(package="age_gender")
+class GenderAccuracy(keras.metrics.MeanMetricWrapper):
+    """Share of faces whose P(male) falls on the target's side of 0.5 (the target may be a soft probability)."""
+
+    def __init__(self, name: str = "accuracy", dtype=None):
+        super().__init__(fn=_gender_right, name=name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+def _gender_right(gender_target, p_male):
+    is_male = ops.reshape(ops.cast(gender_target, "float32"), (-1,)) >= 0.5
+    said_male = ops.reshape(ops.cast(p_male, "float32"), (-1,)) >= 0.5
+    return ops.cast(ops.equal(is_male, said_male), "float32")

@@ -1,6 +1,7 @@
 """Turn dataset metadata into cache.csv: one row per usable face with its labels, face box and identity.
 
     python build_cache.py --mat imdb/wiki_crop/wiki.mat --root imdb --out imdb/cache.csv
+    python build_cache.py --mat wiki.mat --images wiki_crop_64 --root data --out data/wiki.csv --detect --ignore-boxes
     python build_cache.py --utkface data/UTKFace --out data/utkface.csv --detect   # + YuNet box and landmarks
     python build_cache.py --lfw data/lfw-deepfunneled --female-names data/lfw_female_names.txt \\
         --male-names data/lfw_male_names.txt --out data/lfw.csv --detect
@@ -63,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--min-score", type=float_between(-np.inf), default=1.0,
                         help="minimum face_score to keep (IMDB-WIKI)")
     parser.add_argument("--allow-second-face", action="store_true", help="keep images where a second face was found")
+    parser.add_argument("--images", help="with --mat: the image folder under --root that full_path is relative to "
+                                         "(default: wiki_crop or imdb_crop); rows whose image is absent are dropped")
+    parser.add_argument("--partial", action="store_true",
+                        help="with --mat: accept a copy holding fewer than half of the listed images")
+    parser.add_argument("--ignore-boxes", action="store_true",
+                        help="with --mat: the metadata face boxes do not fit these images (a resized copy): "
+                             "with --detect, take the detected face nearest the centre instead")
     parser.add_argument("--detect", action="store_true",
                         help="run YuNet over the images (must be on disk) to add landmarks for framing")
     parser.add_argument("--detector-model", help="YuNet .onnx file (default: $AGE_GENDER_YUNET or the cache)")
@@ -71,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--lfw needs --female-names and --male-names")
     if not args.lfw and (args.female_names or args.male_names):
         parser.error("--female-names and --male-names go with --lfw")
+    if not args.mat and (args.images or args.partial or args.ignore_boxes):
+        parser.error("--images, --partial and --ignore-boxes go with --mat")
     return args
 
 
@@ -176,9 +186,11 @@ def age_at_photo(dob_datenum: np.ndarray, photo_taken: np.ndarray) -> np.ndarray
     return np.where(valid, ages, np.nan)
 
 
-def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root: Path | None = None) -> Table:
-    """The rows of an IMDB-WIKI .mat that pass the face rules; images found under root get content hashes.
-    Boxes and paths are unpacked only for the rows the other rules keep (the slow part after loadmat)."""
+def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root: Path | None = None,
+                  images: str | None = None, partial: bool = False, ignore_boxes: bool = False) -> Table:
+    """The rows of an IMDB-WIKI .mat that pass the face rules. When the image folder (images, by default
+    wiki_crop or imdb_crop) is under root, rows whose image is absent are dropped and the rest get content
+    hashes. Boxes and paths are unpacked only for the rows the other rules keep (the slow part after loadmat)."""
     struct_name, fields = load_mat(mat_path)
     gender, face_score = fields["gender"].astype(np.float64), fields["face_score"].astype(np.float64)
     print(f"{mat_path}: {len(gender)} entries in '{struct_name}'")
@@ -195,7 +207,10 @@ def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root
     box_is_valid = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     print_dropped(int((~box_is_valid).sum()), "face box not finite or empty")
     keep[np.flatnonzero(keep)[~box_is_valid]] = False
-    paths = [f"{struct_name}_crop/{path}" for path in mat_texts(Path(mat_path), "full_path", fields["full_path"], keep)]
+    folder = (images or f"{struct_name}_crop").rstrip("/")
+    if outside_root(folder + "/"):
+        raise UserError(f"--images {folder}: name a folder under --root")
+    paths = [f"{folder}/{path}" for path in mat_texts(Path(mat_path), "full_path", fields["full_path"], keep)]
     if "/.." in "\n".join(paths):  # rare: look closer only then
         climbing = next((path for path in paths if outside_root(path)), None)
         if climbing:
@@ -204,15 +219,52 @@ def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root
         "path": paths,
         "age": age_at_photo(fields["dob"][keep], fields["photo_taken"][keep]),
         "gender": gender[keep],
-        **dict(zip(BOX_COLUMNS, boxes[box_is_valid].T)),
+        # a resized copy's images do not match the boxes (pixels of the original crops): detection replaces them
+        **({} if ignore_boxes else dict(zip(BOX_COLUMNS, boxes[box_is_valid].T))),
         "face_score": face_score[keep],
         "source": struct_name,
         # IMDB-WIKI file names start with the person: nm0000001_rm... (imdb), 10000217_1981-05-05_2009 (wiki)
         "group": [path.rsplit("/", 1)[-1].split("_", 1)[0] for path in paths],
     })
-    if root is not None and (Path(root) / f"{struct_name}_crop").is_dir():  # the images are there: hash them
-        table["content_hash"] = np.array(content_hashes(Path(root), paths), dtype=object)
+    if root is not None and (Path(root) / folder).is_dir():  # the images are there: keep those present, hash them
+        table = drop_absent_images(table, Path(root), folder, partial)
+        table["content_hash"] = np.array(content_hashes(Path(root), table["path"]), dtype=object)
     return table
+
+
+def drop_absent_images(table: Table, root: Path, folder: str, partial: bool) -> Table:
+    """Keep the rows whose image is in the folder (a partial or resized copy holds a subset), counted."""
+    present = np.array([(root / path).is_file() for path in table["path"]], bool)
+    print_dropped(int((~present).sum()), f"image absent from {root / folder}")
+    if not present.any():
+        raise UserError(f"none of the {len(present)} images that pass the rules is in {root / folder}: "
+                        "is --root (or --images) right?")
+    if present.mean() < 0.5 and not partial:
+        raise UserError(f"only {present.sum()} of the {len(present)} images that pass the rules are in "
+                        f"{root / folder}: extract the whole archive there, or add --partial to use these")
+    return select_rows(table, present)
+
+
+def check_boxes_fit(table: Table, root: Path, sample: int = 200) -> None:
+    """Refuse metadata boxes that lie outside their images, as a resized copy's do: they would frame
+    background. Checked on a sample of rows, from the image headers alone."""
+    from PIL import Image
+
+    boxes = np.stack([table[column] for column in BOX_COLUMNS], axis=1)
+    rows = np.flatnonzero(~np.isnan(boxes[:, 0]))[:sample]
+    outside = checked = 0
+    for row in rows:
+        try:
+            with Image.open(root / table["path"][row]) as image:
+                width, height = image.size
+        except OSError:  # absent or unreadable: the image checks report those
+            continue
+        checked += 1
+        x1, y1, x2, y2 = boxes[row]
+        outside += bool(x2 > width * 1.05 or y2 > height * 1.05 or x1 < -0.05 * width or y1 < -0.05 * height)
+    if checked and outside > checked / 2:
+        raise UserError(f"{outside} of {checked} metadata face boxes checked lie outside their images (a resized "
+                        "copy?): add --ignore-boxes (with --detect) to find the faces instead")
 
 
 # --- folders of images: UTKFace, LFW ------------------------------------------------------------
@@ -397,6 +449,11 @@ def add_landmarks(table: Table, root: Path, detector: FaceDetector) -> Table:
 
 # --- reading and writing caches -----------------------------------------------------------------
 
+def teacher_outputs_path(cache_path: str | Path) -> Path:
+    """Where teacher.py writes a cache's teacher outputs (beside it), and where train.py --teacher reads them."""
+    return Path(cache_path).with_suffix(".teacher.npz")
+
+
 def load_cache(cache_path: str | Path) -> pd.DataFrame:
     """Read and check cache.csv. Columns added by later versions are filled for older files (NaN, or ''
     for text); age and gender are floats with NaN for unknown. Invalid values are refused with one line
@@ -497,7 +554,10 @@ def main(argv=None) -> int:
         if detector.kind != "yunet":
             raise UserError("--detect needs the YuNet detector (its landmarks frame the faces)")
     if args.mat:
-        table = rows_from_mat(args.mat, args.min_score, args.allow_second_face, root)
+        table = rows_from_mat(args.mat, args.min_score, args.allow_second_face, root, args.images, args.partial,
+                              args.ignore_boxes)
+        if not args.ignore_boxes:
+            check_boxes_fit(table, root)
     elif args.utkface:
         table = rows_from_utkface(args.utkface, root)
     else:

@@ -69,6 +69,9 @@ HAAR_FALLBACK_NOTE = ("it found 71% of test faces (YuNet 99.8%) and, on those, a
 DETECTION_SCORE = 0.6  # YuNet's confidence threshold; below it faces are mostly false alarms
 DETECTION_MAX_SIDE = 1280  # huge photos are detected on a copy this size, then boxes are scaled back
 MIN_DETECTION_SIDE = 16  # narrower images hold no detectable face
+# Smaller photos are enlarged to this longer side first: YuNet misses faces that fill a tiny image
+# (on 600 WIKI faces of 64x64 px it found 96.0% as they are, 99.3% at twice the size).
+DETECTION_UPSCALE_SIDE = 128
 MAX_IMAGE_PIXELS = 100_000_000  # refuse absurd dimensions before decoding (a bomb would need gigabytes)
 MAX_FILE_BYTES = 512 * 2**20  # no photo is this large; a bigger file is not read into memory
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
@@ -437,9 +440,11 @@ class FaceDetector:
         scale = min(1.0, DETECTION_MAX_SIDE / max(height, width))
         if min(height, width) * scale < MIN_DETECTION_SIDE:
             return []  # no face fits (a 1 x 3000 strip); YuNet returns garbage on such inputs
-        small = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) \
-            if scale < 1 else image
-        faces = self._detect_yunet(small) if self.kind == "yunet" else self._detect_haar(small)
+        scale = max(scale, DETECTION_UPSCALE_SIDE / max(height, width))
+        resized = image if scale == 1 else cv2.resize(
+            image, (round(width * scale), round(height * scale)),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        faces = self._detect_yunet(resized) if self.kind == "yunet" else self._detect_haar(resized)
         for face in faces:
             face.box = tuple(float(v) / scale for v in face.box)
             if face.landmarks is not None:

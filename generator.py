@@ -30,9 +30,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, load_cache
+from backbone import AGE_BINS, gaussian_age_targets
+from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, load_cache, teacher_outputs_path
 from faces import DEFAULT_FRAMING, Face, frame_face, framing_matrix, jitter_matrices, read_training_image
-from utils import UserError, atomic_path
+from utils import UserError, atomic_path, file_sha256
 
 PACK_MARGIN = 0.25  # packed crops keep this share of the side around the face on each side: jitter, box views
 PACK_FORMAT = 3  # bump when the way crops are packed changes: older packed files are not reused
@@ -54,6 +55,31 @@ def load_sources(caches: list[str], roots: list[str]) -> list[pd.DataFrame]:
     """load_source of each cache, with one root for all of them or one root each."""
     roots = roots * len(caches) if len(roots) == 1 else roots
     return [load_source(cache, root) for cache, root in zip(caches, roots)]
+
+
+def load_teacher(caches: list[str], tables: list[pd.DataFrame]) -> np.ndarray:
+    """The teacher's outputs (teacher.py) for every row of the caches, as one array of rows (AGE_BINS age
+    probabilities, then P(male); NaN where the teacher could not read the image). Each table gains a
+    `teacher_row` column, its rows' places in that array."""
+    outputs, offset = [], 0
+    for cache, table in zip(caches, tables):
+        path = teacher_outputs_path(cache)
+        rerun = f"run python teacher.py --cache {cache} --root ROOT"
+        if not path.is_file():
+            raise UserError(f"{cache} has no teacher outputs ({path}): {rerun}")
+        try:
+            with np.load(path) as stored:
+                made_for, paths = str(stored["cache_sha256"]), stored["path"]
+                rows = np.column_stack([stored["age_probs"], stored["p_male"]]).astype(np.float32)
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"{path} is not teacher.py's output ({str(error).splitlines()[0]}): {rerun}") from None
+        if made_for != file_sha256(cache) or rows.shape != (len(table), AGE_BINS + 1) \
+                or not np.array_equal(paths, table["path"].to_numpy(str)):
+            raise UserError(f"{path} was made for another version of {cache}: {rerun}")
+        table["teacher_row"] = np.arange(offset, offset + len(table))
+        outputs.append(rows)
+        offset += len(table)
+    return np.concatenate(outputs)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, cache_help: str) -> None:
@@ -211,7 +237,8 @@ class FaceDataset(keras.utils.PyDataset):
     def __init__(self, table: pd.DataFrame, root: str | Path, image_size: int, batch_size: int = 64,
                  augment: bool = False, seed: int = 42, packed: dict | None = None, workers: int = 2,
                  framing: dict | None = None, epoch: int = 0, source_weights: dict[str, float] | None = None,
-                 batch_multiple: int = 1, **kwargs):
+                 batch_multiple: int = 1, teacher: np.ndarray | None = None, teacher_weight: float = 0.5,
+                 **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.table, self.root = table.reset_index(drop=True), Path(root)
         if len(self.table) < batch_multiple:
@@ -231,6 +258,9 @@ class FaceDataset(keras.utils.PyDataset):
         genders = self.table["gender"].to_numpy(np.float32)
         self.ages, self.age_known = np.nan_to_num(ages), (~np.isnan(ages)).astype(np.float32)
         self.genders, self.gender_known = np.nan_to_num(genders), (~np.isnan(genders)).astype(np.float32)
+        self.teacher, self.teacher_weight = teacher, teacher_weight
+        if teacher is not None:
+            self.teacher_rows = self.table["teacher_row"].to_numpy(int)
         if packed is not None:
             self.packed_rows = np.array([packed["index"][row_id] for row_id in _row_ids(self.table)])
             self.box_relative = self._box_relative_matrices() if augment else None
@@ -264,16 +294,39 @@ class FaceDataset(keras.utils.PyDataset):
         if self.augment:
             degrade_like_photos(images, rng)
         rows = rows[ok]
-        age_weights, gender_weights = self.age_known[rows], self.gender_known[rows]
+        counted = np.ones(len(rows), np.float32)
         missing = -len(rows) % self.batch_multiple if len(rows) else self.batch_multiple
         if missing:  # never an empty batch, and devices share a batch equally: repeat a face, weighing nothing
             filler_image, filler_row = (images[0], rows[0]) if len(rows) else self._readable_face()
             images = np.concatenate([images, np.repeat(filler_image[None], missing, axis=0)])
             rows = np.concatenate([rows, np.full(missing, filler_row)])
-            age_weights = np.concatenate([age_weights, np.zeros(missing, np.float32)])
-            gender_weights = np.concatenate([gender_weights, np.zeros(missing, np.float32)])
-        targets = {"age": self.ages[rows], "gender": self.genders[rows, None]}
-        return images, targets, {"age": age_weights, "gender": gender_weights}
+            counted = np.concatenate([counted, np.zeros(missing, np.float32)])
+        if self.teacher is not None:
+            targets, weights = self._teacher_targets(rows)
+        else:
+            targets = {"age": self.ages[rows], "gender": self.genders[rows, None]}
+            weights = {"age": self.age_known[rows], "gender": self.gender_known[rows]}
+        return images, targets, {name: weight * counted for name, weight in weights.items()}
+
+    def _teacher_targets(self, rows: np.ndarray) -> tuple[dict, dict]:
+        """Targets that mix the true labels with the teacher's soft ones (teacher_weight of the teacher's),
+        and the teacher's alone where a label is unknown, weighing teacher_weight in the loss. The age target
+        is (batch, 1 + AGE_BINS): the age for the L1 term (true, else the teacher's expected age), then the
+        target distribution (backbone.age_distribution_loss takes both forms)."""
+        outputs = self.teacher[self.teacher_rows[rows]]
+        share = self.teacher_weight * np.isfinite(outputs[:, -1])  # 0 where the teacher could not read the face
+        teacher_ages, p_male = np.nan_to_num(outputs[:, :AGE_BINS]), np.nan_to_num(outputs[:, -1])
+        age_known, gender_known = self.age_known[rows] > 0, self.gender_known[rows] > 0
+        true_ages = keras.ops.convert_to_numpy(gaussian_age_targets(self.ages[rows]))
+        distribution = np.where(age_known[:, None], (1 - share[:, None]) * true_ages + share[:, None] * teacher_ages,
+                                teacher_ages)
+        age_years = np.where(age_known, self.ages[rows], teacher_ages @ np.arange(AGE_BINS))
+        gender = np.where(gender_known, (1 - share) * self.genders[rows] + share * p_male, p_male)
+        targets = {"age": np.column_stack([age_years, distribution]).astype(np.float32),
+                   "gender": gender[:, None].astype(np.float32)}
+        weights = {"age": np.where(age_known, 1.0, share).astype(np.float32),
+                   "gender": np.where(gender_known, 1.0, share).astype(np.float32)}
+        return targets, weights
 
     def _readable_face(self) -> tuple[np.ndarray, int]:
         """Some readable face of this dataset and its row: filler for a batch whose images all failed."""

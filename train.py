@@ -3,10 +3,14 @@
     python train.py --cache imdb/cache.csv --root imdb --out runs/wiki                   # IMDB-WIKI
     python train.py --cache data/utkface.csv data/lfw.csv --root data --out runs/mix --packed   # two sources
     python train.py --cache data/utkface.csv --root data --out runs/utk --packed --epochs 60 --resume
+    python train.py --cache data/utkface.csv data/lfw.csv data/wiki.csv --root data --teacher --out runs/kd --packed
     python train.py --cache imdb/cache.csv --root imdb --out runs/big --width 64 --image-size 128 \
         --batch-size 256 --packed --strategy mirrored --precision auto                 # every GPU
 
-Writes into --out: model.keras (best validation age MAE, float32), last.keras (for --resume),
+The checkpoint is chosen on validation faces of every source alike (CHOICE below): in-the-wild sources
+(WIKI, LFW) weigh as much as aligned UTKFace. `--teacher` mixes in teacher.py's soft labels.
+
+Writes into --out: model.keras (best validation choice score, float32), last.keras (for --resume),
 model.json (the model card), model.onnx (TensorFlow backend; the card embedded), split.csv, log.csv,
 tensorboard/ and curves.png. Several GPUs and machines: see `--strategy` and the README.
 """
@@ -23,12 +27,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from backbone import IMAGE_SIZE, WIDTH, AgeMAE, age_distribution_loss, build_model
+from backbone import IMAGE_SIZE, WIDTH, AgeMAE, GenderAccuracy, age_distribution_loss, build_model
 from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, local_replicas,
                         precision_scope, strategy_scope)
 from faces import DETECTION_SCORE, make_framing
-from generator import (FaceDataset, add_source_arguments, check_source_arguments, group_keys, load_sources, pack_faces,
-                       split_table)
+from generator import (FaceDataset, add_source_arguments, check_source_arguments, group_keys, load_sources,
+                       load_teacher, pack_faces, split_table)
 from model_card import FORMAT_VERSION, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
                    file_sha256, locked, run_cli, write_json)
@@ -39,7 +43,11 @@ START_FILES = {"run.json", "split.csv", "tensorboard", ".lock"}
 WRITTEN_FILES = ("model.keras", "last.keras", "split.csv", "run.json", "model.json", "model.onnx", "curves.png")
 # What shapes a run's data and model: a resumed run must use the values it started with.
 RUN_SETTINGS = ("cache", "root", "source_weights", "image_size", "width", "context", "framing", "seed", "limit",
-                "batch_size", "learning_rate", "min_lr")
+                "batch_size", "learning_rate", "min_lr", "teacher", "teacher_weight")
+# The checkpoint is chosen on the mean, over validation sources, of each source's age MAE (years, sources with
+# ages) plus CHOICE_GENDER_YEARS x its gender error rate (sources with genders): a point of gender accuracy
+# weighs 0.2 years, and a small wild source counts as much as a large aligned one.
+CHOICE_GENDER_YEARS = 20.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,6 +78,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bfloat16 mixed precision on GPUs that have it, float32 on CPUs; the saved "
                              "model is float32 whatever the choice")
+    parser.add_argument("--teacher", action="store_true",
+                        help="mix teacher.py's soft labels into the targets (each cache needs CACHE.teacher.npz)")
+    parser.add_argument("--teacher-weight", type=float_between(0.0, 1.0), default=0.5,
+                        help="with --teacher: the teacher's share of each target, and the weight of a label "
+                             "only the teacher gives (LFW's ages)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from last.keras")
     parser.add_argument("--init", metavar="MODEL_KERAS",
                         help="start from this model's weights (same --image-size and --width): fine-tuning")
@@ -89,12 +102,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_training_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
-    """All caches as one table (a `source` and a `root` column per row) and each source's weight."""
+def load_training_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None, np.ndarray | None]:
+    """All caches as one table (a `source` and a `root` column per row), each source's weight, and with
+    --teacher the teacher's outputs (rows of generator.load_teacher, a `teacher_row` column in the table)."""
     tables = load_sources(args.cache, args.root)
     empty = [cache for cache, table in zip(args.cache, tables) if table.empty]
     if empty:
         raise UserError(f"no rows in {', '.join(empty)}: nothing to train on from it")
+    teacher = load_teacher(args.cache, tables) if args.teacher else None
     table = pd.concat(tables, ignore_index=True)
     weights = None
     if args.source_weights:
@@ -102,7 +117,7 @@ def load_training_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None]:
         if len(set(names)) != len(names):
             raise UserError("--source-weights needs caches of different sources")
         weights = dict(zip(names, args.source_weights))
-    return table, weights
+    return table, weights, teacher
 
 
 def keep_run_settings(args, out: Path) -> None:
@@ -202,8 +217,8 @@ def compile_model(model: keras.Model, args, steps_per_epoch: int) -> None:
         optimizer=keras.optimizers.AdamW(learning_rate_schedule(args, steps_per_epoch), weight_decay=1e-4),
         loss={"age": age_distribution_loss, "gender": keras.losses.BinaryCrossentropy(label_smoothing=0.05)},
         loss_weights={"age": 1.0, "gender": args.gender_weight},
-        # weighted: rows whose label is unknown (weight 0) do not count
-        weighted_metrics={"age": [AgeMAE()], "gender": [keras.metrics.BinaryAccuracy(name="accuracy")]},
+        # weighted: rows whose label is unknown (weight 0) do not count; gender targets may be soft (--teacher)
+        weighted_metrics={"age": [AgeMAE()], "gender": [GenderAccuracy()]},
     )
 
 
@@ -318,6 +333,9 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
         for prefix, label in (("", "train"), ("val_", "validation")):
             if prefix + key in log:
                 axis.plot(log["epoch"] + 1, log[prefix + key], marker="o", label=label)
+        for column in log.columns:  # each validation source apart (ValidationBySource)
+            if column.startswith("val_") and column.endswith("_" + key) and column != "val_" + key:
+                axis.plot(log["epoch"] + 1, log[column], linestyle="--", label=column[4:-len(key) - 1])
         axis.set(title=title, xlabel="epoch")
         axis.grid(alpha=0.3)
         axis.legend()
@@ -337,6 +355,35 @@ def held_out_metrics(model: keras.Model, dataset: FaceDataset) -> dict:
     return {"all": table_metrics(scored), **{name: table_metrics(part) for name, part in scored.groupby("source")}}
 
 
+def choice_score(metrics: dict) -> float:
+    """The validation figure the checkpoint is chosen on (lower is better): see CHOICE_GENDER_YEARS."""
+    terms = [figures["age_mae"] for source, figures in metrics.items() if source != "all" and figures["n_age"]]
+    terms += [CHOICE_GENDER_YEARS * (1 - figures["gender_accuracy"])
+              for source, figures in metrics.items() if source != "all" and figures["n_gender"]]
+    return float(np.mean(terms)) if terms else float("nan")
+
+
+class ValidationBySource(keras.callbacks.Callback):
+    """After each epoch, score the validation faces of each source (as evaluate.py does, mirror-averaged) and
+    log `val_choice` and each source's age MAE and gender accuracy, for the checkpoint, early stopping and
+    log.csv (callbacks after this one see these logs)."""
+
+    def __init__(self, dataset: FaceDataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        metrics = held_out_metrics(self.model, self.dataset)
+        logs["val_choice"] = choice_score(metrics)
+        for source, figures in metrics.items():
+            if source != "all":
+                logs[f"val_{source}_age_mae"] = figures["age_mae"]
+                logs[f"val_{source}_gender_accuracy"] = figures["gender_accuracy"]
+        print(f"\nvalidation by source: choice {logs['val_choice']:.3f}; " + "; ".join(
+            f"{source} MAE {figures['age_mae']:.2f}, gender {figures['gender_accuracy']:.3f}"
+            for source, figures in metrics.items() if source != "all"))
+
+
 def fit(args, out: Path, datasets: dict[str, FaceDataset], history: pd.DataFrame) -> str:
     """Build (or resume) and train the model under the chosen strategy and precision; returns the
     precision policy used. Checkpoints land in out/model.keras (best) and out/last.keras."""
@@ -352,13 +399,15 @@ def fit(args, out: Path, datasets: dict[str, FaceDataset], history: pd.DataFrame
             compile_model(model, args, steps_per_epoch)
         model.summary(line_length=100)
         print(f"parameters: {model.count_params():,}; precision {policy}; {replica_count} replica(s)")
-        best_so_far = float(history["val_age_mae"].min()) if len(history) else None  # a resumed run keeps its best
+        # a resumed run keeps its best (runs from before val_choice restart the choice)
+        best_so_far = float(history["val_choice"].min()) if "val_choice" in history else None
         callbacks = [
             LearningRateLogger(),
             keras.callbacks.TerminateOnNaN(),
-            SafeCheckpoint(out / "model.keras", monitor="val_age_mae", best=best_so_far),
+            ValidationBySource(datasets["val"]),
+            SafeCheckpoint(out / "model.keras", monitor="val_choice", best=best_so_far),
             SafeCheckpoint(out / "last.keras"),
-            keras.callbacks.EarlyStopping(monitor="val_age_mae", mode="min", patience=args.patience),
+            keras.callbacks.EarlyStopping(monitor="val_choice", mode="min", patience=args.patience),
             keras.callbacks.CSVLogger(out / "log.csv", append=args.resume),
         ]
         if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
@@ -405,7 +454,7 @@ def train_run(args, out: Path) -> int:
     keep_run_settings(args, out)
     keras.utils.set_random_seed(args.seed)
 
-    table, source_weights = load_training_sources(args)
+    table, source_weights, teacher = load_training_sources(args)
     if args.limit:
         table = table.sample(min(args.limit, len(table)), random_state=args.seed).reset_index(drop=True)
     splits = make_splits(table, out, args)
@@ -425,7 +474,8 @@ def train_run(args, out: Path) -> int:
                                   args.batch_size // shard_count, augment=(name == "train"), seed=args.seed,
                                   packed=packed, workers=args.workers, framing=framing,
                                   epoch=len(history) if name == "train" else 0, source_weights=source_weights,
-                                  batch_multiple=local_replicas(args.strategy) if name != "test" else 1)
+                                  batch_multiple=local_replicas(args.strategy) if name != "test" else 1,
+                                  teacher=teacher if name == "train" else None, teacher_weight=args.teacher_weight)
                 for name, part in splits.items()}  # the test split is scored by evaluate.py's own batching
     precision = fit(args, out, datasets, history)
     if shard:

@@ -78,3 +78,21 @@ def write_wiki_mat(path: Path, rows: list[dict]) -> None:
         "second_face_score": np.array([[r.get("second_face_score", float("nan")) for r in rows]], dtype=np.float64),
     }
     scipy.io.savemat(path, {"wiki": struct})
+
+
+@pytest.fixture(scope="session")
+def wiki_faces_root(tmp_path_factory) -> Path:
+    """A root holding the first 300 real 64x64 WIKI faces of the shared archive (wiki_crop_64/NN/...)."""
+    archive = SHARED / "data" / "wiki_crop_64.tar.gz"
+    if not archive.is_file():
+        pytest.skip("../shared/data/wiki_crop_64.tar.gz is absent")
+    out = tmp_path_factory.mktemp("wiki")
+    extracted = 0
+    with tarfile.open(archive, "r|gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".jpg"):
+                tar.extract(member, out, filter="data")
+                extracted += 1
+                if extracted == 300:
+                    break
+    return out
