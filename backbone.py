@@ -86,15 +86,19 @@ def age_distribution_loss(age_target, age_probs):
     return cross_entropy + AGE_L1_WEIGHT * l1_years
 
 
+class _MeanOverFaces(keras.metrics.MeanMetricWrapper):
+    """The mean of a per-face function; saved by its name alone (the function belongs to the class)."""
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
 @keras.saving.register_keras_serializable(package="age_gender")
-class AgeMAE(keras.metrics.MeanMetricWrapper):
+class AgeMAE(_MeanOverFaces):
     """Mean absolute error in years of the distribution's expected age."""
 
     def __init__(self, name: str = "mae", dtype=None):
         super().__init__(fn=_age_abs_error, name=name, dtype=dtype)
-
-    def get_config(self):
-        return {"name": self.name, "dtype": self.dtype}
 
 
 def _age_abs_error(age_target, age_probs):
@@ -102,14 +106,11 @@ def _age_abs_error(age_target, age_probs):
 
 
 @keras.saving.register_keras_serializable(package="age_gender")
-class GenderAccuracy(keras.metrics.MeanMetricWrapper):
+class GenderAccuracy(_MeanOverFaces):
     """Share of faces whose P(male) falls on the target's side of 0.5 (the target may be a soft probability)."""
 
     def __init__(self, name: str = "accuracy", dtype=None):
         super().__init__(fn=_gender_right, name=name, dtype=dtype)
-
-    def get_config(self):
-        return {"name": self.name, "dtype": self.dtype}
 
 
 def _gender_right(gender_target, p_male):

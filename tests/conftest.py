@@ -45,15 +45,24 @@ def wiki_mat() -> Path:
 @pytest.fixture(scope="session")
 def utkface_dir(tmp_path_factory) -> Path:
     """Every 50th real UTKFace photo (about 400), extracted from the shared archive once per session."""
-    archive = SHARED / "data" / "UTKFace.tar.gz"
-    if not archive.is_file():
-        pytest.skip("../shared/data/UTKFace.tar.gz is absent")
     out = tmp_path_factory.mktemp("utk")
+    extract_shared("UTKFace.tar.gz", out, lambda position, member: position % 50 == 0)
+    return out / "UTKFace"
+
+
+def extract_shared(archive_name: str, out: Path, keep, count: int | None = None) -> None:
+    """Extract the files of a ../shared/data archive that keep(position, member) picks (the first `count`)."""
+    archive = SHARED / "data" / archive_name
+    if not archive.is_file():
+        pytest.skip(f"../shared/data/{archive_name} is absent")
+    extracted = 0
     with tarfile.open(archive, "r|gz") as tar:
         for position, member in enumerate(tar):
-            if member.isfile() and position % 50 == 0:
+            if member.isfile() and keep(position, member):
                 tar.extract(member, out, filter="data")
-    return out / "UTKFace"
+                extracted += 1
+                if extracted == count:
+                    return
 
 
 def write_wiki_mat(path: Path, rows: list[dict]) -> None:
@@ -83,16 +92,6 @@ def write_wiki_mat(path: Path, rows: list[dict]) -> None:
 @pytest.fixture(scope="session")
 def wiki_faces_root(tmp_path_factory) -> Path:
     """A root holding the first 300 real 64x64 WIKI faces of the shared archive (wiki_crop_64/NN/...)."""
-    archive = SHARED / "data" / "wiki_crop_64.tar.gz"
-    if not archive.is_file():
-        pytest.skip("../shared/data/wiki_crop_64.tar.gz is absent")
     out = tmp_path_factory.mktemp("wiki")
-    extracted = 0
-    with tarfile.open(archive, "r|gz") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".jpg"):
-                tar.extract(member, out, filter="data")
-                extracted += 1
-                if extracted == 300:
-                    break
+    extract_shared("wiki_crop_64.tar.gz", out, lambda position, member: member.name.endswith(".jpg"), count=300)
     return out
