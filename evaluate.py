@@ -100,7 +100,10 @@ def load_keras_model(model_path: Path):
 
 def keras_runner(model) -> Callable[[np.ndarray], dict]:
     def run(crops: np.ndarray) -> dict:
-        return {name: np.asarray(value) for name, value in model.predict_on_batch(crops.astype(np.float32)).items()}
+        # a plain call: under a distribution strategy (train.py's per-epoch validation) predict_on_batch
+        # returns each replica's copy of the batch
+        outputs = model(crops.astype(np.float32), training=False)
+        return {name: np.asarray(value) for name, value in outputs.items()}
 
     return run
 
