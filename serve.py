@@ -36,8 +36,9 @@ import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from annotate import annotate
 from faces import load_photo, quiet_opencv
-from predict import DEFAULT_MODEL, AgeGenderPredictor, annotate
+from predict import DEFAULT_MODEL, AgeGenderPredictor
 from utils import HelpFormatter, UserError, finite_json, int_at_least, positive_float, positive_int, run_cli
 
 HOST, PORT, THREADS = "127.0.0.1", 8000, 4

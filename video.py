@@ -14,6 +14,7 @@ averages the model's outputs over all of the track's frames.
 
 From Python:
 
+    from predict import AgeGenderPredictor
     from video import process_video
     summary = process_video(AgeGenderPredictor(), "clip.mp4", every=2)   # {"tracks": [...], ...}
 """
@@ -26,15 +27,18 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from annotate import age_gender_fields, annotate, clipped_box
 from faces import Face, quiet_opencv
-from predict import AgeGenderPredictor, age_gender_fields, annotate, clipped_box
 from utils import UserError, atomic_path, check_output_file, finite_json
+
+if TYPE_CHECKING:  # predict.py imports this module: the predictor is passed in, never imported here
+    from predict import AgeGenderPredictor
 
 SAVE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 MATCH_DISTANCE = 0.6  # a face continues a track when its centre moved less than this many face widths
@@ -127,7 +131,7 @@ def face_entries(tracks: list[Track], width: int, height: int) -> list[dict]:
 
 
 def draw_tracks(frame: np.ndarray, faces: list[dict]) -> np.ndarray:
-    """predict.annotate's boxes and labels, numbered by track: the same face keeps its number."""
+    """annotate.annotate's boxes and labels, numbered by track: the same face keeps its number."""
     return annotate(frame, [{**face, "index": face["track"]} for face in faces])
 
 
@@ -267,8 +271,9 @@ def print_tracks(summary: dict, out: TextIO) -> None:
         print(f"no face found in {summary['frames_processed']} processed frames of {summary['image']}", file=out)
 
 
-def run(args: argparse.Namespace) -> int:
-    """predict.py's video and webcam mode (args from predict.parse_args)."""
+def run(args: argparse.Namespace, load_predictor: Callable[[], AgeGenderPredictor]) -> int:
+    """predict.py's video and webcam mode (args from predict.parse_args); load_predictor is called once the
+    arguments are known to be right, so a mistake is reported before the model loads."""
     if args.webcam is not None and args.paths:
         raise UserError("give either a video or --webcam, not both")
     if args.webcam is None and len(args.paths) != 1:
@@ -283,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         if output:
             temp_path = stack.enter_context(atomic_path(check_output_file(output, [args.save, *args.paths])))
             out = stack.enter_context(open(temp_path, "w"))
-        predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+        predictor = load_predictor()
         stream = (lambda frame: print(finite_json(frame), file=out, flush=True)) if output_format == "jsonl" else None
         summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
                                 show=args.webcam is not None)

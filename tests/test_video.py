@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+import annotate
 import predict
 import video
 from build_cache import UTKFACE_NAME
@@ -56,7 +57,7 @@ def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def run_video(args, capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: video.run(args))
+        run_cli(lambda: video.run(args, predict.AgeGenderPredictor))
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
 
@@ -232,7 +233,7 @@ def test_a_face_that_jumps_or_changes_size_starts_a_new_track():
     assert tracker.update([face_at(100, 100)], one, np.array([0.5]), 0)[0].number == 1
     assert tracker.update([face_at(400, 100)], one, np.array([0.5]), 1)[0].number == 2  # 3 face widths away
     assert tracker.update([face_at(400, 100, side=300)], one, np.array([0.5]), 2)[0].number == 3  # 3x larger
-    assert video.clipped_box((-5.6, 470.2, 30, 30), 640, 480) == [0, 470, 24, 10]
+    assert annotate.clipped_box((-5.6, 470.2, 30, 30), 640, 480) == [0, 470, 24, 10]
 
 
 def test_webcam_stream_with_a_frame_limit_and_a_camera_that_stops(clip, yunet_path, tmp_path, monkeypatch, capsys):
