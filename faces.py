@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import stat
 import sys
 import threading
@@ -75,6 +76,9 @@ DETECTION_UPSCALE_SIDE = 128
 MAX_IMAGE_PIXELS = 100_000_000  # refuse absurd dimensions before decoding (a bomb would need gigabytes)
 MAX_FILE_BYTES = 512 * 2**20  # no photo is this large; a bigger file is not read into memory
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
+# The scales libjpeg decodes to directly, skipping most of the work of the pixels it drops
+REDUCED_JPEG_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+URL_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # an input given as a URL rather than a file
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
 
 
@@ -86,6 +90,17 @@ class Face:
     box_source: str = "yunet"  # which BOX_FRAMING entry applies when there are no landmarks
 
 
+def rescaled_face(face: Face, factor: float) -> Face:
+    """The face in an image `factor` times larger (pixel centres map to pixel centres)."""
+    def point(xy: np.ndarray) -> np.ndarray:
+        return (np.asarray(xy, np.float64) + 0.5) * factor - 0.5
+
+    x, y = point(face.box[:2])
+    box = (float(x), float(y), face.box[2] * factor, face.box[3] * factor)
+    landmarks = None if face.landmarks is None else point(face.landmarks)
+    return Face(box, landmarks, face.score, face.box_source)
+
+
 def quiet_opencv() -> None:
     """FFmpeg's and OpenCV's own warnings would break the one-line error rule; our messages say it all."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg first opens a file
@@ -94,54 +109,87 @@ def quiet_opencv() -> None:
 
 # --- reading images -----------------------------------------------------------------------------
 
+@dataclass
+class Photo:
+    """A user's photo, decoded at 1/reduction of its size (1, or 2, 4 or 8 for a large JPEG, which libjpeg
+    scales while decoding, at a fraction of the cost of every pixel), with its bytes for full_pixels()."""
+    pixels: np.ndarray  # 8-bit BGR, upright per EXIF
+    reduction: int
+    shape: tuple[int, int, int]  # the full-size image's height, width, 3
+    data: bytes
+    name: str  # the path as given, for messages
+
+    def full_pixels(self) -> np.ndarray:
+        return self.pixels if self.reduction == 1 else _decode(self.data, cv2.IMREAD_COLOR, self.name)
+
+
 def load_photo(path: str | os.PathLike) -> np.ndarray:
     """Decode a user's photo to 8-bit BGR, upright per EXIF; raise UserError with the reason if it can't.
 
     Only regular files are opened (a FIFO would hang, a link to /dev/zero would never end), and the
     dimensions are checked from the header before any pixels are decoded.
     """
+    return open_photo(path).pixels
+
+
+def open_photo(path: str | os.PathLike, detection_side: int | None = None) -> Photo:
+    """load_photo's checks and decoding; with detection_side, a JPEG is decoded at the largest 1/2, 1/4 or
+    1/8 scale whose longer side keeps at least detection_side pixels (what the detector looks at anyway)."""
+    shown = os.fspath(path)  # messages name the path as the user typed it
     path = Path(path)
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
+        hint = " (URLs are not fetched: download the image first)" if URL_PATTERN.match(shown) else ""
+        raise UserError(f"{shown}: no such file{hint}") from None
     except OSError as error:
-        raise UserError(f"{path}: {error.strerror}") from None
+        raise UserError(f"{shown}: {error.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{path}: is a folder")
+        raise UserError(f"{shown}: is a folder")
     if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{path}: not a regular file (a device, FIFO or socket): skipped")
+        raise UserError(f"{shown}: not a regular file (a device, FIFO or socket): skipped")
     if info.st_size == 0:
-        raise UserError(f"{path}: empty file")
+        raise UserError(f"{shown}: empty file")
     if info.st_size > MAX_FILE_BYTES:
-        raise UserError(f"{path}: {info.st_size:,} bytes is too large for a photo (limit {MAX_FILE_BYTES:,})")
-    data = _read_regular_file(path)
-    width, height = _image_size(data, path)
+        raise UserError(f"{shown}: {info.st_size:,} bytes is too large for a photo (limit {MAX_FILE_BYTES:,})")
+    data = _read_regular_file(path, shown)
+    width, height = _image_size(data, shown)
     if width * height > MAX_IMAGE_PIXELS:
-        raise UserError(f"{path}: {width}x{height} pixels is too large (limit {MAX_IMAGE_PIXELS:,} pixels)")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
-        _check_jpeg_decodes(data, path)  # no end marker near the end: truncated, or a trailer (motion photo)?
+        raise UserError(f"{shown}: {width}x{height} pixels is too large (limit {MAX_IMAGE_PIXELS:,} pixels)")
+    is_jpeg = data[:2] == b"\xff\xd8"
+    if is_jpeg and b"\xff\xd9" not in data[-4096:]:
+        _check_jpeg_decodes(data, shown)  # no end marker near the end: truncated, or a trailer (motion photo)?
+    reduction = max([factor for factor in REDUCED_JPEG_FLAGS if detection_side and is_jpeg
+                     and max(width, height) >= factor * detection_side], default=1)
     # IMREAD_COLOR applies EXIF orientation and turns grey, RGBA and 16-bit images into 8-bit BGR.
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    pixels = _decode(data, REDUCED_JPEG_FLAGS.get(reduction, cv2.IMREAD_COLOR), shown)
+    if reduction == 1:
+        return Photo(pixels, 1, pixels.shape, data, shown)
+    rotated = pixels.shape[:2] != (-(-height // reduction), -(-width // reduction))  # EXIF turned it upright
+    return Photo(pixels, reduction, (width, height, 3) if rotated else (height, width, 3), data, shown)
+
+
+def _decode(data: bytes, flag: int, shown: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if image is None:
-        raise UserError(f"{path}: image data could not be decoded")
+        raise UserError(f"{shown}: image data could not be decoded")
     return image
 
 
-def _read_regular_file(path: Path) -> bytes:
+def _read_regular_file(path: Path, shown: str) -> bytes:
     """The file's bytes. Opened without blocking and checked again once open, so a file swapped for a
     FIFO after the stat above cannot hang the run."""
     try:
         handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with open(handle, "rb") as file:
             if not stat.S_ISREG(os.fstat(handle).st_mode):
-                raise UserError(f"{path}: not a regular file (a device, FIFO or socket): skipped")
+                raise UserError(f"{shown}: not a regular file (a device, FIFO or socket): skipped")
             return file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
-        raise UserError(f"{path}: cannot read: {error.strerror}") from None
+        raise UserError(f"{shown}: cannot read: {error.strerror}") from None
 
 
-def _image_size(data: bytes, path: Path) -> tuple[int, int]:
+def _image_size(data: bytes, shown: str) -> tuple[int, int]:
     """(width, height) from the header alone."""
     from PIL import Image
 
@@ -149,19 +197,19 @@ def _image_size(data: bytes, path: Path) -> tuple[int, int]:
         with _open_with_pil(data) as header:
             return header.size
     except Image.DecompressionBombError:
-        raise UserError(f"{path}: too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise UserError(f"{shown}: too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
     except Exception:
-        raise UserError(f"{path}: not an image this tool can read") from None
+        raise UserError(f"{shown}: not an image this tool can read") from None
 
 
-def _check_jpeg_decodes(data: bytes, path: Path) -> None:
+def _check_jpeg_decodes(data: bytes, shown: str) -> None:
     """Decode with PIL, which (unlike OpenCV) refuses a JPEG cut short instead of padding it with grey.
     Data after a complete image, such as a phone's motion-photo video, is fine."""
     try:
         with _open_with_pil(data) as image:
             image.load()
     except Exception:
-        raise UserError(f"{path}: truncated JPEG (the image data ends early)") from None
+        raise UserError(f"{shown}: truncated JPEG (the image data ends early)") from None
 
 
 _PIL_WARNINGS_LOCK = threading.Lock()
@@ -434,8 +482,9 @@ class FaceDetector:
                                       else _load_haar())
         return self._per_thread.model
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """All faces in a BGR image, largest first, in the image's own pixel coordinates."""
+    def detect(self, image: np.ndarray, reduction: int = 1) -> list[Face]:
+        """All faces in a BGR image, largest first, in the photo's own pixel coordinates (image may be the
+        photo decoded at 1/reduction of its size: Photo.pixels)."""
         height, width = image.shape[:2]
         scale = min(1.0, DETECTION_MAX_SIDE / max(height, width))
         if min(height, width) * scale < MIN_DETECTION_SIDE:
@@ -445,10 +494,7 @@ class FaceDetector:
             image, (round(width * scale), round(height * scale)),
             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         faces = self._detect_yunet(resized) if self.kind == "yunet" else self._detect_haar(resized)
-        for face in faces:
-            face.box = tuple(float(v) / scale for v in face.box)
-            if face.landmarks is not None:
-                face.landmarks = face.landmarks / scale
+        faces = [rescaled_face(face, reduction / scale) for face in faces]
         faces = [f for f in faces if max(f.box[2], f.box[3]) >= self.min_face]
         return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
 

@@ -37,8 +37,9 @@ import cv2
 import numpy as np
 
 from annotate import age_gender_fields, annotate, clipped_box
-from faces import (IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, is_video,
-                   list_images, load_photo, quiet_opencv)
+from faces import (DETECTION_MAX_SIDE, IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, Photo, fetch_yunet,
+                   frame_face, framing_matrix, is_video, list_images, load_photo, open_photo, quiet_opencv,
+                   rescaled_face)
 from model_card import open_onnx_session, read_card
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
                    positive_int, run_cli, same_file, unique_path)
@@ -164,9 +165,10 @@ class AgeGenderPredictor:
             expected = f"N x {self.size} x {self.size} x 3 -> age N x 101, gender N x 1"
             raise UserError(f"{model_path} is not an age/gender model: expected {expected}; found {found}")
 
-    def find_faces(self, image: np.ndarray, name: str = "image") -> list[Face]:
+    def find_faces(self, image: np.ndarray, name: str = "image", reduction: int = 1) -> list[Face]:
+        """The faces in image, in the photo's own pixels (image: the photo at 1/reduction of its size)."""
         if self.detector is not None:
-            return self.detector.detect(image)
+            return self.detector.detect(image, reduction)
         height, width = image.shape[:2]
         longer, shorter = max(height, width), min(height, width)
         if longer > NOT_A_CROP_SIDE * self.size or longer > NOT_A_CROP_ASPECT * shorter:
@@ -198,9 +200,23 @@ class AgeGenderPredictor:
 
     def _frame_bgr(self, image: np.ndarray, name: str = "image") -> tuple[tuple, list[Face], np.ndarray]:
         """(the image's shape, its faces, their crops): what _describe takes for each image."""
-        faces = self.find_faces(image, name)
-        crops = [frame_face(image, face, self.size, self.framing) for face in faces]
-        return image.shape, faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return self._frame_photo(Photo(image, 1, image.shape, b"", name))
+
+    def _frame_photo(self, photo: Photo) -> tuple[tuple, list[Face], np.ndarray]:
+        """_frame_bgr for a photo that may be decoded at reduced scale. A face is cropped from the reduced
+        pixels when they hold all the detail its crop keeps (the crop shrinks the photo at least
+        `reduction` times), else from the full-size pixels, decoded once for the photo's first such face."""
+        faces = self.find_faces(photo.pixels, photo.name, photo.reduction)
+        full, crops = None, []
+        for face in faces:
+            shrink = np.sqrt(abs(np.linalg.det(framing_matrix(face, self.size, self.framing)[:, :2])))
+            if shrink * photo.reduction <= 1:
+                crops.append(frame_face(photo.pixels, rescaled_face(face, 1 / photo.reduction), self.size,
+                                        self.framing))
+            else:
+                full = photo.full_pixels() if full is None else full
+                crops.append(frame_face(full, face, self.size, self.framing))
+        return photo.shape, faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
 
     def predict_many(self, images: Iterable, color: str = "bgr") -> list[list[dict]]:
         """Every face of every image (paths, PIL images or arrays), the faces through the model together."""
@@ -222,13 +238,13 @@ class AgeGenderPredictor:
 
 # --- running over many files --------------------------------------------------------------------
 
-def load_entry(path: str) -> tuple[dict, np.ndarray | None]:
-    """The JSON object for one input and its pixels, or the object with an "error" and None.
-    Every failure stays with its image: one bad file never sinks the batch."""
+def load_entry(path: str, detection_side: int | None = None) -> tuple[dict, Photo | None]:
+    """The JSON object for one input and its decoded photo (see faces.open_photo), or the object with an
+    "error" and None. Every failure stays with its image: one bad file never sinks the batch."""
     try:
         if Path(path).is_dir():
             raise UserError(f"{path}: folder holds no images")
-        return {"image": path, "faces": []}, load_photo(path)
+        return {"image": path, "faces": []}, open_photo(path, detection_side)
     except UserError as error:
         return {"image": path, "error": str(error).removeprefix(f"{path}: ")}, None
     except Exception as error:  # MemoryError, an OpenCV limit...: still this image's problem alone
@@ -244,14 +260,16 @@ def prepared(predictor: AgeGenderPredictor, path: str, keep_image: bool
              ) -> tuple[dict, tuple | None, np.ndarray | None]:
     """One input decoded and its faces found and framed: (its JSON object, (image shape, faces, crops)
     or None if it failed, the image itself if keep_image). Runs in a worker thread."""
-    entry, image = load_entry(path)
-    if image is None:
+    # Large JPEGs are decoded at the detector's scale unless the full picture is kept for --save.
+    detection_side = DETECTION_MAX_SIDE if predictor.detector is not None and not keep_image else None
+    entry, photo = load_entry(path, detection_side)
+    if photo is None:
         return entry, None, None
     try:
-        framed = predictor._frame_bgr(image, entry["image"])
+        framed = predictor._frame_photo(photo)
     except Exception as error:
         return failed(entry["image"], "face detection failed", error), None, None
-    return entry, framed, image if keep_image else None
+    return entry, framed, photo.pixels if keep_image else None
 
 
 def prepared_in_order(predictor: AgeGenderPredictor, paths: list[str], keep_images: bool) -> Iterator[tuple]:

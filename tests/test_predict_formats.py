@@ -98,7 +98,7 @@ def test_results_stream_to_the_part_file_and_resume_continues(folder, tmp_path, 
 
     done_before = set(seen[:5])
     calls = []
-    monkeypatch.setattr(predict, "load_entry", lambda path: calls.append(path) or predict_load_entry(path))
+    monkeypatch.setattr(predict, "load_entry", lambda path, *rest: calls.append(path) or predict_load_entry(path, *rest))
     code, _, _ = run_predict([str(folder), "--detector", "none", "--format", fmt, "--output", str(output),
                               "--resume"], capsys)
     assert code == 1 and output.is_file() and not part.exists()

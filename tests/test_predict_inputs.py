@@ -216,14 +216,14 @@ def test_detector_none_warns_once_about_images_that_are_not_crops(tmp_path, caps
 def test_an_unexpected_failure_on_one_image_stays_with_that_image(tmp_path, monkeypatch, capsys):
     for name in ("a.png", "b.png", "c.png"):
         cv2.imwrite(str(tmp_path / name), colourful())
-    load_photo = predict.load_photo
+    open_photo = predict.open_photo
 
-    def exhausted_on_b(path):
+    def exhausted_on_b(path, *args):
         if Path(path).name == "b.png":
             raise MemoryError()
-        return load_photo(path)
+        return open_photo(path, *args)
 
-    monkeypatch.setattr(predict, "load_photo", exhausted_on_b)
+    monkeypatch.setattr(predict, "open_photo", exhausted_on_b)
     code, out, err = run_predict([str(tmp_path), "--format", "jsonl", "--detector", "none"], capsys)
     results = [json.loads(line) for line in out.splitlines()]
     assert code == 1 and [len(item.get("faces", [])) for item in results] == [1, 0, 1]
