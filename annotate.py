@@ -14,13 +14,16 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLOURS = {"female": (60, 60, 230), "male": (230, 140, 40)}  # BGR
 
 
-def age_gender_fields(age_probs: np.ndarray, p_male: float) -> dict:
-    """A face's JSON fields from the model's age distribution (101 probabilities) and P(male)."""
+def age_gender_fields(age_probs: np.ndarray, p_male: float, gender: str | None = None) -> dict:
+    """A face's JSON fields from the model's age distribution (101 probabilities) and P(male). The gender is
+    the likelier one unless given (a video track holds its gender until the evidence is clear); its
+    confidence is the probability of the gender reported."""
     cumulative = np.cumsum(age_probs)
     low, high = (float(np.argmax(cumulative >= q)) for q in AGE_RANGE_QUANTILES)
+    gender = gender or ("male" if p_male >= 0.5 else "female")
+    confidence = p_male if gender == "male" else 1 - p_male
     return {"age": round(float(age_probs @ np.arange(len(age_probs))), 1), "age_range": [low, high],
-            "gender": "male" if p_male >= 0.5 else "female",
-            "gender_confidence": round(float(max(p_male, 1 - p_male)), 3), "p_male": round(float(p_male), 4)}
+            "gender": gender, "gender_confidence": round(float(confidence), 3), "p_male": round(float(p_male), 4)}
 
 
 def clipped_box(box: tuple[float, float, float, float], width: int, height: int) -> list[int]:

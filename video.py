@@ -9,7 +9,8 @@ predict.py hands videos (by file suffix) and --webcam here. Each processed frame
 detector and the model like a photo (the face and its mirror image on alternate frames, not both); a
 detection continues the track whose last box centre is nearest (within MATCH_DISTANCE face widths,
 similar size), and each track's age distribution and P(male) are an exponential average over its
-frames, so labels do not flicker from frame to frame. The per-track summary (--json, the table)
+frames, so labels do not flicker from frame to frame; its gender changes only when that average is
+clearly on the other side of 0.5 (GENDER_MARGIN). The per-track summary (--json, the table)
 averages the model's outputs over all of the track's frames.
 
 From Python:
@@ -45,6 +46,7 @@ MATCH_DISTANCE = 0.6  # a face continues a track when its centre moved less than
 MATCH_SIZE_RATIO = 1.6  # ... and its box is at most this much larger or smaller than the track's
 MAX_MISSED = 10  # processed frames a track survives unseen (a turned head, a missed detection)
 SMOOTHING = 0.3  # weight of the newest frame in a track's running age distribution and P(male)
+GENDER_MARGIN = 0.15  # a track's gender changes only when its smoothed P(male) passes 0.5 by this much
 DEFAULT_FPS = 30.0  # for streams that report no frame rate (many webcams)
 WINDOW_NAME = "age and gender (q or Esc to stop)"
 
@@ -61,16 +63,21 @@ class Track:
     p_male: float
     age_probs_sum: np.ndarray = field(init=False)  # plain sums over every frame: the track's summary
     p_male_sum: float = field(init=False)
+    gender: str = field(init=False)  # the label shown: it changes only past GENDER_MARGIN (hysteresis)
     frames: int = 1
     missed: int = 0
 
     def __post_init__(self):
         self.age_probs_sum, self.p_male_sum = self.age_probs.copy(), self.p_male
+        self.gender = "male" if self.p_male >= 0.5 else "female"
 
     def add(self, face: Face, age_probs: np.ndarray, p_male: float, frame_index: int, smoothing: float) -> None:
         self.box, self.score, self.last_frame, self.missed = face.box, face.score, frame_index, 0
         self.age_probs = (1 - smoothing) * self.age_probs + smoothing * age_probs
         self.p_male = (1 - smoothing) * self.p_male + smoothing * p_male
+        # Hysteresis: a still face whose P(male) wanders about 0.5 as the camera moves keeps one label.
+        if abs(self.p_male - 0.5) > GENDER_MARGIN:
+            self.gender = "male" if self.p_male > 0.5 else "female"
         self.age_probs_sum += age_probs
         self.p_male_sum += p_male
         self.frames += 1
@@ -126,7 +133,7 @@ class FaceTracker:
 def face_entries(tracks: list[Track], width: int, height: int) -> list[dict]:
     """The per-face JSON of one frame: the detection's box and score, the track's smoothed age and gender."""
     return [{"track": track.number, "index": index, "box": clipped_box(track.box, width, height),
-             "score": round(track.score, 3), **age_gender_fields(track.age_probs, track.p_male)}
+             "score": round(track.score, 3), **age_gender_fields(track.age_probs, track.p_male, track.gender)}
             for index, track in enumerate(tracks)]
 
 

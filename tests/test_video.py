@@ -105,6 +105,33 @@ def test_faces_are_tracked_across_frames_with_steady_labels(clip, yunet_path, ca
         assert len({f["gender"] for f in faces[3:]}) == 1  # no flicker once the track has settled
 
 
+@pytest.fixture(scope="module")
+def panning_clip(utkface_dir, tmp_path_factory) -> Path:
+    """2 s at 25 fps of a camera panning across one still photo of a small child (whose P(male) from the
+    model wanders about 0.5 as the face moves across the view: labels without hysteresis changed 5 times)."""
+    chip = next(path for path in utkface_dir.iterdir() if path.name.startswith("3_1_2_20161219162958110"))
+    scene = np.full((480, 1200, 3), 150, np.uint8)
+    scene[:, 600:] = (80, 130, 70)
+    scene[140:340, 500:700] = cv2.resize(cv2.imread(str(chip)), (200, 200), interpolation=cv2.INTER_AREA)
+    path = tmp_path_factory.mktemp("pan") / "pan.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 480))
+    for frame in range(50):
+        writer.write(np.ascontiguousarray(scene[:, 20 + 10 * frame:660 + 10 * frame]))  # 10 px to the right
+    writer.release()
+    return path
+
+
+def test_a_still_face_in_a_panning_clip_keeps_one_gender(panning_clip, yunet_path, capsys):
+    code, out, err = run_predict([str(panning_clip), "--format", "jsonl"], capsys)
+    assert code == 0, err
+    faces = [face for line in out.splitlines() for face in json.loads(line)["faces"]]
+    assert len(faces) == 50 and {face["track"] for face in faces} == {1}
+    assert len({face["gender"] for face in faces}) == 1, "".join(face["gender"][0] for face in faces)
+    for face in faces:  # the confidence is that of the gender shown, even while P(male) is on the other side
+        assert face["gender_confidence"] == pytest.approx(face["p_male"] if face["gender"] == "male"
+                                                          else 1 - face["p_male"], abs=1e-3)
+
+
 def test_json_summary_with_every(clip, yunet_path, capsys):
     code, out, err = run_predict([str(clip), "--json", "--every", "3"], capsys)
     assert code == 0, err
