@@ -56,19 +56,23 @@ NOT_A_CROP_SIDE = 4  # --detector none: warn when an image is this many times th
 NOT_A_CROP_ASPECT = 1.6  # ... or this far from square
 CSV_COLUMNS = ["image", "face", "x", "y", "w", "h", "age", "age_low", "age_high", "gender", "gender_confidence",
                "p_male", "score", "error"]
+FORMAT_OF_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}  # --output's name sets the format
 SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}  # what every OpenCV 4 writes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders of images, or one video")
-    parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table",
-                        help="table and jsonl and csv stream as images are done; json is one document at the end")
+    parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"],
+                        help="table and jsonl and csv stream as images are done; json is one document at the end "
+                             "(default: from --output's suffix, .csv .jsonl or .json, else table)")
     parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     parser.add_argument("--output", metavar="FILE",
                         help="write results here instead of stdout (jsonl/csv: into FILE.part, renamed when done)")
     parser.add_argument("--resume", action="store_true",
-                        help="with --output and jsonl/csv: skip images already in FILE (or an unfinished FILE.part)")
+                        help="with --output and jsonl/csv: skip images already in FILE (or an unfinished FILE.part), "
+                             "matched by resolved path (photos/a.jpg, ./photos/a.jpg and /home/me/photos/a.jpg "
+                             "are one image)")
     parser.add_argument("--save", metavar="DIR_OR_FILE",
                         help="write annotated copies: a folder, or a file for one image (never onto an input)")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model.onnx carrying its model card")
@@ -87,6 +91,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.paths and not args.fetch_detector and args.webcam is None:
         parser.error("give images, folders or a video, or --webcam INDEX (or --fetch-detector)")
+    named_format = FORMAT_OF_SUFFIX.get(Path(args.output).suffix.lower()) if args.output else None
+    if args.format and named_format and args.format != named_format:
+        parser.error(f"--format {args.format} but --output {args.output} names {named_format}: "
+                     f"drop --format, or give a file name that fits it")
+    args.format = args.format or named_format or "table"
     if args.resume and not (args.output and args.format in ("jsonl", "csv")):
         parser.error("--resume needs --output and --format jsonl or csv")
     return args
@@ -149,8 +158,15 @@ class AgeGenderPredictor:
         self._check_network(model_path)
         self.detector = None if detector == "none" else FaceDetector(
             detector, detector_model, score_threshold=self.card["detector"]["score_threshold"], min_face=min_face)
-        self.warned_not_a_crop = False
+        self.warned = False
         self.warning_lock = threading.Lock()  # faces are found in several threads; warn once all the same
+
+    def warn_once(self, message: str) -> None:
+        """One warning on stderr for this predictor's run, whichever image or frame comes first."""
+        with self.warning_lock:
+            if not self.warned:
+                print(f"warning: {message}", file=sys.stderr)
+                self.warned = True
 
     def _check_network(self, model_path: Path) -> None:
         """One clear line when a valid ONNX file is some other network than an age/gender model."""
@@ -172,11 +188,8 @@ class AgeGenderPredictor:
         height, width = image.shape[:2]
         longer, shorter = max(height, width), min(height, width)
         if longer > NOT_A_CROP_SIDE * self.size or longer > NOT_A_CROP_ASPECT * shorter:
-            with self.warning_lock:
-                if not self.warned_not_a_crop:
-                    print(f"warning: --detector none takes each image as one cropped face, but {name} is "
-                          f"{width}x{height} pixels, not a face crop: use a detector for photos", file=sys.stderr)
-                    self.warned_not_a_crop = True
+            self.warn_once(f"--detector none takes each image as one cropped face, but {name} is "
+                           f"{width}x{height} pixels, not a face crop: use a detector for photos")
         return [Face((0.0, 0.0, float(width), float(height)), None, 1.0, "yunet")]
 
     def predict_faces(self, crops: np.ndarray) -> list[dict]:
@@ -449,6 +462,27 @@ def images_done(part_path: Path, fmt: str) -> set[str]:
     return done
 
 
+def images_to_do(paths: list[str], done: set[str]) -> list[str]:
+    """The paths whose images are not among those done, matched by resolved path: photos/a.jpg,
+    ./photos/a.jpg and /home/me/photos/a.jpg are one image. A relative path written by a run started in
+    another folder names no file from here; it matches the image whose path ends in the same folders."""
+    if not done:
+        return paths
+    done_files = {os.path.realpath(path) for path in done}
+    endings: dict[str, set[tuple[str, ...]]] = collections.defaultdict(set)  # by file name: few to compare
+    for path in done:
+        if not os.path.isabs(path) and not os.path.exists(path):
+            parts = tuple(part for part in Path(os.path.normpath(path)).parts if part != "..")
+            endings[parts[-1]].add(parts)
+    todo = []
+    for path in paths:
+        resolved = os.path.realpath(path)
+        parts = Path(resolved).parts
+        if resolved not in done_files and not any(parts[-len(end):] == end for end in endings.get(parts[-1], ())):
+            todo.append(path)
+    return todo
+
+
 @contextlib.contextmanager
 def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[IO[str], set[str], bool]]:
     """(stream, images already done, whether the stream continues earlier output).
@@ -511,22 +545,28 @@ def main(argv=None) -> int:
         print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
         if not args.paths:
             return 0
-    if args.webcam is not None or any(is_video(path) for path in args.paths):
+    video_run = args.webcam is not None or any(is_video(path) for path in args.paths)
+    if video_run:
         import video  # imported here: a photo run does without its start-up cost
 
-        return video.run(args, lambda: AgeGenderPredictor(args.model, args.detector, args.detector_model,
-                                                          args.min_face))
-    paths = list_images(args.paths)
+        video.check_arguments(args)
+    elif args.every != 1 or args.max_frames:
+        print("warning: --every and --max-frames are for videos and the webcam: each photo is done once",
+              file=sys.stderr)
+    paths = args.paths if video_run else list_images(args.paths)
     if args.output:
         check_output_file(args.output, paths)
         check_output_file(args.output + ".part", paths)  # where jsonl and csv grow until the run is done
         if args.save and same_file(args.save, args.output):
             raise UserError(f"--save and --output are both {args.output}: give each its own path")
-    saver = AnnotationSaver(args.save, paths) if args.save else None
+    saver = AnnotationSaver(args.save, paths) if args.save and not video_run else None
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+    if video_run:
+        with open_results(args.output, args.format, resume=False) as (out, _, _):
+            return video.run(args, predictor, out)
     failed = 0
     with open_results(args.output, args.format, args.resume) as (out, done, continuing):
-        todo = [path for path in paths if path not in done]
+        todo = images_to_do(paths, done)
         writer = ResultWriter(out, args.format, todo, header=not continuing)
         with progress_bar(len(todo)) as bar:
             for result in predict_files(predictor, todo, saver):

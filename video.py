@@ -278,31 +278,34 @@ def print_tracks(summary: dict, out: TextIO) -> None:
         print(f"no face found in {summary['frames_processed']} processed frames of {summary['image']}", file=out)
 
 
-def run(args: argparse.Namespace, load_predictor: Callable[[], AgeGenderPredictor]) -> int:
-    """predict.py's video and webcam mode (args from predict.parse_args); load_predictor is called once the
-    arguments are known to be right, so a mistake is reported before the model loads."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """predict.py's arguments (predict.parse_args) for a video or webcam run: UserError for what cannot
+    work, before any output is opened or the model loaded."""
     if args.webcam is not None and args.paths:
         raise UserError("give either a video or --webcam, not both")
     if args.webcam is None and len(args.paths) != 1:
         raise UserError("give one video at a time (videos and photos cannot be mixed in one run)")
-    output_format = "json" if getattr(args, "json", False) else args.format  # --json is --format json
-    if output_format not in ("table", "json", "jsonl"):
-        raise UserError(f"--format {output_format} is for photos; a video gives table, json or jsonl")
+    if args.format not in ("table", "json", "jsonl"):
+        raise UserError(f"--format {args.format} is for photos; a video gives table, json or jsonl")
+    if args.resume:
+        raise UserError(f"--resume is for photos: a video is processed from its first frame again (the lines of "
+                        f"a stopped run stay in {args.output}.part)")
+
+
+def run(args: argparse.Namespace, predictor: AgeGenderPredictor, out: TextIO) -> int:
+    """predict.py's video and webcam mode: args from predict.parse_args, passed by check_arguments; the
+    frames (jsonl), the summary (json) or the table go to out."""
     source = args.webcam if args.webcam is not None else args.paths[0]
-    output = getattr(args, "output", None)  # predict.py's --output FILE, instead of stdout
-    with contextlib.ExitStack() as stack:
-        out = sys.stdout
-        if output:
-            temp_path = stack.enter_context(atomic_path(check_output_file(output, [args.save, *args.paths])))
-            out = stack.enter_context(open(temp_path, "w"))
-        predictor = load_predictor()
-        stream = (lambda frame: print(finite_json(frame), file=out, flush=True)) if output_format == "jsonl" else None
-        summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
-                                show=args.webcam is not None)
-        if output_format == "json":
-            print(finite_json(summary, indent=2), file=out)
-        elif output_format == "table":
-            print_tracks(summary, out)
+    if predictor.detector is None:
+        predictor.warn_once("--detector none takes every frame as one cropped face: use a detector for a video "
+                            "of people")
+    stream = (lambda frame: print(finite_json(frame), file=out, flush=True)) if args.format == "jsonl" else None
+    summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
+                            show=args.webcam is not None)
+    if args.format == "json":
+        print(finite_json(summary, indent=2), file=out)
+    elif args.format == "table":
+        print_tracks(summary, out)
     if "error" in summary:
         print(f"error: {summary['error']}", file=sys.stderr)
         return 1

@@ -55,24 +55,36 @@ def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def run_video(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: video.run(args, predict.AgeGenderPredictor))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_output_file_instead_of_stdout(clip, yunet_path, tmp_path, capsys):
-    """predict.py's --output: the lines go to the file (through a temporary file), never onto an input."""
-    args = predict.parse_args([str(clip), "--format", "jsonl", "--max-frames", "4"])
-    args.output = str(tmp_path / "frames.jsonl")
-    code, out, err = run_video(args, capsys)
+    """predict.py's --output: the lines go to the file (through FILE.part), never onto an input."""
+    output = tmp_path / "frames.jsonl"
+    code, out, err = run_predict([str(clip), "--max-frames", "4", "--output", str(output)], capsys)
     assert code == 0 and out == "", err
-    assert [json.loads(line)["frame"] for line in Path(args.output).read_text().splitlines()] == [0, 1, 2, 3]
+    assert [json.loads(line)["frame"] for line in output.read_text().splitlines()] == [0, 1, 2, 3]
     assert sorted(os.listdir(tmp_path)) == ["frames.jsonl"]
-    args.output, before = str(clip), clip.read_bytes()
-    code, _, err = run_video(args, capsys)
+    before = clip.read_bytes()
+    code, _, err = run_predict([str(clip), "--format", "jsonl", "--output", str(clip)], capsys)
     assert code == 1 and "refusing to overwrite the input" in err and clip.read_bytes() == before
+
+
+def test_a_stopped_run_keeps_its_frames_and_resume_is_refused_in_one_line(clip, yunet_path, tmp_path, monkeypatch,
+                                                                           capsys):
+    output = tmp_path / "frames.jsonl"
+    label_frame = video.label_frame
+
+    def stopped_at_frame_5(predictor, tracker, frame, index, mirrored=False):
+        if index == 5:
+            raise KeyboardInterrupt  # Ctrl-C
+        return label_frame(predictor, tracker, frame, index, mirrored)
+
+    monkeypatch.setattr(video, "label_frame", stopped_at_frame_5)
+    code, _, err = run_predict([str(clip), "--output", str(output)], capsys)
+    part = tmp_path / "frames.jsonl.part"
+    assert code == 130 and not output.exists() and err.strip().splitlines()[-1] == "error: interrupted"
+    assert [json.loads(line)["frame"] for line in part.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    code, _, err = run_predict([str(clip), "--output", str(output), "--resume"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "--resume is for photos" in err and str(part) in err
+    assert len(part.read_text().splitlines()) == 5 and sorted(os.listdir(tmp_path)) == ["frames.jsonl.part"]
 
 
 def test_faces_are_tracked_across_frames_with_steady_labels(clip, yunet_path, capsys):
@@ -206,9 +218,7 @@ def test_missing_webcam_and_wrong_combinations_are_one_line(clip, yunet_path, tm
                           ([str(clip), str(photo)], "one video at a time")]:
         code, _, err = run_predict(argv, capsys)
         assert code == 1 and message in err, argv
-    args = predict.parse_args([str(clip)])
-    args.format = "csv"  # photos only (predict.py's --format csv)
-    code, _, err = run_video(args, capsys)
+    code, _, err = run_predict([str(clip), "--format", "csv"], capsys)
     assert code == 1 and "--format csv is for photos" in err
     with pytest.raises(SystemExit) as exit_info:
         predict.parse_args([])
@@ -283,3 +293,14 @@ def test_webcam_stream_with_a_frame_limit_and_a_camera_that_stops(clip, yunet_pa
     assert code == 1 and err.strip().endswith(f"error: webcam 0 stopped delivering frames after {FRAMES}")
     assert summary["frames_read"] == FRAMES and summary["error"] == f"webcam 0 stopped delivering frames after {FRAMES}"
     assert len(summary["tracks"]) == 2
+
+
+def test_options_that_do_nothing_are_warned_about(clip, tmp_path, capsys):
+    code, out, err = run_predict([str(clip), "--detector", "none", "--max-frames", "2", "--json"], capsys)
+    assert code == 0 and "warning: --detector none takes every frame as one cropped face" in err
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.full((96, 96, 3), 128, np.uint8))
+    for option in (["--every", "3"], ["--max-frames", "5"]):
+        code, _, err = run_predict([str(photo), "--detector", "none", *option], capsys)
+        assert code == 0 and err.strip() == "warning: --every and --max-frames are for videos and the webcam: " \
+                                            "each photo is done once"
