@@ -79,6 +79,8 @@ VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpe
 # The scales libjpeg decodes to directly, skipping most of the work of the pixels it drops
 REDUCED_JPEG_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 URL_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # an input given as a URL rather than a file
+ANNOTATED_NAME = re.compile(r"_annotated(_[0-9]+)?\.jpg$")  # predict.py --save's names in a folder
+ANNOTATED_MARKER = b"annotated by age-gender predict.py"  # in their JPEG comment: a user's own file is kept
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
 
 
@@ -238,14 +240,32 @@ def is_video(path: str) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES and not Path(path).is_dir()
 
 
+def marked_as_annotated(jpeg: bytes) -> bytes:
+    """The JPEG with a comment segment saying predict.py drew it, right after its start marker."""
+    comment = ANNOTATED_MARKER
+    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+
+
+def is_annotated_copy(path: str) -> bool:
+    """A NAME_annotated.jpg that predict.py --save wrote (its name, and the comment marked_as_annotated put in)."""
+    if not ANNOTATED_NAME.search(path):
+        return False
+    try:
+        with open(path, "rb") as file:
+            return ANNOTATED_MARKER in file.read(6 + len(ANNOTATED_MARKER))
+    except OSError:
+        return False  # reported like any unreadable image
+
+
 def list_images(paths: list[str]) -> list[str]:
-    """Expand folders into their image files (sorted, links to folders not followed); files are kept as
-    given, even if not images."""
+    """Expand folders into their image files (sorted, links to folders not followed; the annotated copies
+    predict.py --save wrote there are left out); files are kept as given, even if not images."""
     expanded = []
     for path in paths:
         if os.path.isdir(path):
             found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path)
-                           for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+                           for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES
+                           and not is_annotated_copy(os.path.join(folder, name)))
             expanded.extend(found or [path])  # a folder without images stays, to be reported as an error
         else:
             expanded.append(path)

@@ -38,8 +38,8 @@ import numpy as np
 
 from annotate import age_gender_fields, annotate, clipped_box
 from faces import (DETECTION_MAX_SIDE, IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, Photo, fetch_yunet,
-                   frame_face, framing_matrix, is_video, list_images, load_photo, open_photo, quiet_opencv,
-                   rescaled_face)
+                   frame_face, framing_matrix, is_video, list_images, load_photo, marked_as_annotated, open_photo,
+                   quiet_opencv, rescaled_face)
 from model_card import open_onnx_session, read_card
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
                    positive_int, run_cli, same_file, unique_path)
@@ -359,8 +359,11 @@ class AnnotationSaver:
             while target.is_symlink() or file_identity(target) in self.input_files:
                 target = unique_path(target, self.taken)
         with atomic_path(target) as temp_path:
-            if not cv2.imwrite(str(temp_path), annotate(image, faces)):
-                raise UserError(f"cannot write {target}")
+            if self.single_file:
+                if not cv2.imwrite(str(temp_path), annotate(image, faces)):
+                    raise UserError(f"cannot write {target}")
+            else:  # marked, so that a later run over this folder leaves the copy out (faces.list_images)
+                temp_path.write_bytes(marked_as_annotated(cv2.imencode(".jpg", annotate(image, faces))[1].tobytes()))
         return target
 
 

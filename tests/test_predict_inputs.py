@@ -266,3 +266,18 @@ def test_a_folder_run_stopped_early_drops_its_queue(monkeypatch):
     started = time.monotonic()
     results.close()
     assert time.monotonic() - started < 0.5 and calls[0] <= 4 * predict.PREPARE_WORKERS
+
+
+def test_annotated_copies_saved_into_an_input_folder_are_not_read_as_photos(tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), colourful(seed=len(name)))
+    cv2.imwrite(str(tmp_path / "beach_annotated.jpg"), colourful(seed=5))  # the user's own photo, so named
+    argv = [str(tmp_path), "--detector", "none", "--format", "jsonl", "--save", str(tmp_path / "annotated")]
+    for _ in range(2):  # the second run finds the first run's copies in the folder it reads
+        code, out, err = run_predict(argv, capsys)
+        assert code == 0, err
+        assert sorted(Path(json.loads(line)["image"]).name for line in out.splitlines()) == \
+            ["a.png", "b.png", "beach_annotated.jpg"]
+    assert sorted(path.name for path in (tmp_path / "annotated").iterdir()) == \
+        ["a_annotated.jpg", "b_annotated.jpg", "beach_annotated_annotated.jpg"]
+    assert cv2.imread(str(tmp_path / "annotated" / "a_annotated.jpg")).shape == (96, 96, 3)  # still a plain JPEG
