@@ -81,7 +81,9 @@ REDUCED_JPEG_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR
 URL_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # an input given as a URL rather than a file
 ANNOTATED_NAME = re.compile(r"_annotated(_[0-9]+)?\.jpg$")  # predict.py --save's names in a folder
 ANNOTATED_MARKER = b"annotated by age-gender predict.py"  # in their JPEG comment: a user's own file is kept
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
+# What a folder scan reads: every format that both Pillow (the header check) and OpenCV decode
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pbm", ".pnm",
+                  ".gif", ".avif"}
 
 
 @dataclass
@@ -143,7 +145,7 @@ def open_photo(path: str | os.PathLike, detection_side: int | None = None) -> Ph
         info = os.stat(path)
     except FileNotFoundError:
         hint = " (URLs are not fetched: download the image first)" if URL_PATTERN.match(shown) else ""
-        raise UserError(f"{shown}: no such file{hint}") from None
+        raise UserError(f"{shown}: no such file or folder{hint}") from None
     except OSError as error:
         raise UserError(f"{shown}: {error.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
@@ -389,17 +391,19 @@ def yunet_failure_marker() -> Path:
     return YUNET_CACHE.with_name(YUNET_CACHE.name + ".unavailable")
 
 
-def how_to_get_yunet() -> str:
-    return (f"run `python predict.py --fetch-detector`, or download {YUNET_URL} to {YUNET_CACHE} "
-            f"(or anywhere, and set {YUNET_ENV} to that file)")
+def how_to_get_yunet(fetching: bool = False) -> str:
+    """What to do without YuNet; fetching: said to --fetch-detector itself, which was just tried."""
+    download = f"download {YUNET_URL} to {YUNET_CACHE} (or anywhere, and set {YUNET_ENV} to that file)"
+    return download if fetching else f"run `python predict.py --fetch-detector`, or {download}"
 
 
 def _cache_holds_yunet() -> bool:
     return YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256
 
 
-def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
-    """Download YuNet into the cache in one short attempt and verify its sha256; DetectorUnavailable if not.
+def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S, fetching: bool = False) -> Path:
+    """Download YuNet into the cache in one short attempt and verify its sha256; DetectorUnavailable if not
+    (fetching: for --fetch-detector, whose message then does not suggest running it).
 
     A plain urllib request rather than Dataset.download_file: the file is 230 kB (nothing to resume), and
     prediction then needs no `requests`.
@@ -413,25 +417,25 @@ def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
         with urllib.request.urlopen(YUNET_URL, timeout=timeout_s) as response:
             data = response.read(YUNET_MAX_BYTES + 1)
     except urllib.error.HTTPError as error:
-        _remember_failure(f"download failed: HTTP {error.code} {error.reason}")
+        _remember_failure(f"download failed: HTTP {error.code} {error.reason}", fetching)
     except (OSError, ValueError) as error:  # URLError and timeouts are OSErrors
-        _remember_failure(f"download failed: {getattr(error, 'reason', None) or error}")
+        _remember_failure(f"download failed: {getattr(error, 'reason', None) or error}", fetching)
     if hashlib.sha256(data).hexdigest() != YUNET_SHA256:
-        _remember_failure(f"download from {YUNET_URL} failed its sha256 check")
+        _remember_failure(f"download from {YUNET_URL} failed its sha256 check", fetching)
     with atomic_path(YUNET_CACHE) as temp_path:
         temp_path.write_bytes(data)
     yunet_failure_marker().unlink(missing_ok=True)
     return YUNET_CACHE
 
 
-def _remember_failure(reason: str) -> NoReturn:
+def _remember_failure(reason: str, fetching: bool) -> NoReturn:
     marker = yunet_failure_marker()
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{int(time.time())}\n{reason}\n")
     except OSError:
         pass  # a read-only cache only costs the next run another short attempt
-    raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}); {how_to_get_yunet()}")
+    raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}); {how_to_get_yunet(fetching)}")
 
 
 def _recent_failure() -> str | None:
@@ -451,11 +455,16 @@ def find_yunet(model_path: str | None = None, download: bool = True, retry: bool
     network on every run; retry=True (an explicit --detector yunet) tries again anyway. Raises
     DetectorUnavailable (a UserError saying how to get YuNet) when there is none.
     """
-    for candidate in (model_path, os.environ.get(YUNET_ENV)):
-        if candidate:
-            if not Path(candidate).is_file():
-                raise UserError(f"YuNet model {candidate} not found")
-            return Path(candidate)
+    if model_path:
+        return _named_yunet(model_path, "--detector-model")
+    if os.environ.get(YUNET_ENV):
+        try:
+            return _named_yunet(os.environ[YUNET_ENV], f"${YUNET_ENV}")
+        except UserError as error:
+            if not _cache_holds_yunet():
+                raise
+            print(f"warning: {error}; using the verified copy in {YUNET_CACHE}", file=sys.stderr)
+            return YUNET_CACHE
     if _cache_holds_yunet():
         return YUNET_CACHE
     if not download:
@@ -466,6 +475,23 @@ def find_yunet(model_path: str | None = None, download: bool = True, retry: bool
         raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}; not retried for {hours:.0f} h, "
                                   f"--detector yunet retries now); {how_to_get_yunet()}")
     return fetch_yunet()
+
+
+def _named_yunet(path: str, named_by: str) -> Path:
+    """The YuNet file --detector-model or $AGE_GENDER_YUNET names; UserError saying which, if it is none."""
+    if Path(path).is_dir():
+        raise UserError(f"{named_by} is {path}, a folder: name the YuNet file itself ({YUNET_FILE})")
+    if not Path(path).is_file():
+        raise UserError(f"{named_by} names {path}, which does not exist: name the YuNet file ({YUNET_FILE}), "
+                        f"or {how_to_get_yunet()}")
+    return Path(path)
+
+
+def _shown_yunet(path: Path, model_path: str | None) -> str:
+    """path for messages, with where it was named unless it is the cache's own copy."""
+    if model_path:
+        return f"{path} (--detector-model)"
+    return f"{path} (${YUNET_ENV})" if os.environ.get(YUNET_ENV) and path != YUNET_CACHE else str(path)
 
 
 class FaceDetector:
@@ -483,8 +509,9 @@ class FaceDetector:
         if kind in ("auto", "yunet"):
             try:
                 self.yunet_path = find_yunet(model_path, download, retry=kind == "yunet")
-                self.yunet_model = _read_model(self.yunet_path)  # each thread's detector is built from these bytes
-                self._per_thread.model = _load_yunet(self.yunet_model, self.yunet_path, score_threshold)
+                shown = _shown_yunet(self.yunet_path, model_path)
+                self.yunet_model = _read_model(self.yunet_path, shown)  # each thread's detector is built from these
+                self._per_thread.model = _load_yunet(self.yunet_model, shown, score_threshold)
                 self.kind = "yunet"
             except DetectorUnavailable as error:
                 if kind == "yunet":
@@ -536,15 +563,15 @@ class FaceDetector:
                 for box, weight in zip(boxes, np.ravel(weights))]
 
 
-def _read_model(path: Path) -> np.ndarray:
+def _read_model(path: Path, shown: str) -> np.ndarray:
     try:
         size = path.stat().st_size
         if size > YUNET_MAX_BYTES:
-            raise UserError(f"{path} is not a YuNet face detector: {size:,} bytes, where YuNet is 230 kB "
+            raise UserError(f"{shown} is not a YuNet face detector: {size:,} bytes, where YuNet is 230 kB "
                             f"(expected {YUNET_URL})")
         return np.frombuffer(path.read_bytes(), np.uint8)
     except OSError as error:
-        raise UserError(f"cannot read the face detector {path}: {error.strerror}") from None
+        raise UserError(f"cannot read the face detector {shown}: {error.strerror}") from None
 
 
 def _load_haar():
@@ -559,8 +586,8 @@ def _new_yunet(model: np.ndarray, score_threshold: float):
     return cv2.FaceDetectorYN.create("onnx", model, np.zeros(0, np.uint8), (64, 64), score_threshold, 0.3, 5000)
 
 
-def _load_yunet(model: np.ndarray, path: Path, score_threshold: float):
-    """cv2.FaceDetectorYN on the bytes of the ONNX file at path, tried once on a blank image: a valid
+def _load_yunet(model: np.ndarray, shown: str, score_threshold: float):
+    """cv2.FaceDetectorYN on the bytes of an ONNX file (shown: its path, for messages), tried once on a blank image: a valid
     ONNX file of another network fails here, with one line, rather than on the first photo."""
     log_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's DNN errors are many lines
@@ -570,7 +597,7 @@ def _load_yunet(model: np.ndarray, path: Path, score_threshold: float):
         if rows is not None and rows.shape[1] != 15:
             raise cv2.error("unexpected output shape")
     except cv2.error:
-        raise UserError(f"{path} is not a YuNet face detector OpenCV can run (expected {YUNET_URL})") from None
+        raise UserError(f"{shown} is not a YuNet face detector OpenCV can run (expected {YUNET_URL})") from None
     finally:
         cv2.utils.logging.setLogLevel(log_level)
     return yunet

@@ -232,7 +232,13 @@ class AgeGenderPredictor:
         return photo.shape, faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
 
     def predict_many(self, images: Iterable, color: str = "bgr") -> list[list[dict]]:
-        """Every face of every image (paths, PIL images or arrays), the faces through the model together."""
+        """Every face of every image (paths, PIL images or arrays), the faces through the model together.
+        An image that cannot be read raises UserError naming it, for the whole call (the command line
+        instead reports each bad file and goes on): to go past bad files, call predict() per image."""
+        if isinstance(images, (str, bytes, os.PathLike)) or type(images).__module__.startswith("PIL.") or \
+                isinstance(images, np.ndarray) and images.ndim < 4:
+            raise UserError(f"predict_many takes a list of images, not one {type(images).__name__}: "
+                            f"for one image call predict()")
         return self._describe([self._frame_bgr(to_bgr(image, color)) for image in images])
 
     def _describe(self, framed: list[tuple[tuple, list[Face], np.ndarray]]) -> list[list[dict]]:
@@ -338,7 +344,7 @@ class AnnotationSaver:
     def __init__(self, save: str, inputs: list[str]):
         self.target = Path(save)
         suffix = self.target.suffix.lower()
-        image_suffixes = IMAGE_SUFFIXES | SAVE_SUFFIXES | {".gif", ".heic", ".avif"}
+        image_suffixes = IMAGE_SUFFIXES | SAVE_SUFFIXES | {".heic"}
         names_an_image = suffix in image_suffixes and not self.target.is_dir()
         if names_an_image and suffix not in SAVE_SUFFIXES:
             raise UserError(f"--save {save}: cannot write {suffix} images; give a file ending in "
@@ -545,7 +551,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_opencv()
     if args.fetch_detector:
-        print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
+        print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60, fetching=True)}")
         if not args.paths:
             return 0
     video_run = args.webcam is not None or any(is_video(path) for path in args.paths)

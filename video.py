@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from annotate import age_gender_fields, annotate, clipped_box
 from faces import Face, quiet_opencv
-from utils import UserError, atomic_path, check_output_file, finite_json
+from utils import UserError, atomic_path, check_output_file, fail, finite_json
 
 if TYPE_CHECKING:  # predict.py imports this module: the predictor is passed in, never imported here
     from predict import AgeGenderPredictor
@@ -310,3 +310,8 @@ def run(args: argparse.Namespace, predictor: AgeGenderPredictor, out: TextIO) ->
         print(f"error: {summary['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":  # predict.py owns the command line, for photos and videos alike
+    fail("video.py has no command line of its own: run python predict.py CLIP.mp4 "
+         "(python predict.py --help lists the video options)", 2)

@@ -281,3 +281,34 @@ def test_annotated_copies_saved_into_an_input_folder_are_not_read_as_photos(tmp_
     assert sorted(path.name for path in (tmp_path / "annotated").iterdir()) == \
         ["a_annotated.jpg", "b_annotated.jpg", "beach_annotated_annotated.jpg"]
     assert cv2.imread(str(tmp_path / "annotated" / "a_annotated.jpg")).shape == (96, 96, 3)  # still a plain JPEG
+
+
+def test_a_missing_path_or_a_url_is_named_once_with_the_reason(tmp_path, capsys):
+    missing = str(tmp_path / "photoz") + "/"
+    code, _, err = run_predict([missing, "--detector", "none"], capsys)
+    assert code == 1 and err == f"error: {missing}: no such file or folder\n"  # named once
+    code, _, err = run_predict(["https://example.com/face.jpg", "--detector", "none"], capsys)
+    assert code == 1 and "URLs are not fetched: download the image first" in err
+
+
+def test_predict_many_refuses_one_image_and_says_how_it_fails(predictor, tmp_path):
+    for one in ("photo.jpg", tmp_path / "photo.jpg", colourful()):
+        with pytest.raises(UserError, match="predict_many takes a list of images.*call predict"):
+            predictor.predict_many(one)
+    assert len(predictor.predict_many(np.stack([colourful(), colourful(seed=1)]))) == 2  # a batch array is a list
+    with pytest.raises(UserError, match="missing.png: no such file"):
+        predictor.predict_many([colourful(), tmp_path / "missing.png"])
+    assert "raises UserError naming it" in predictor.predict_many.__doc__
+
+
+def test_a_folder_scan_reads_every_format_a_named_file_may_be(tmp_path, capsys):
+    from PIL import Image
+
+    rgb = colourful()[:, :, ::-1]
+    for name in ("a.gif", "b.avif", "c.pbm", "d.png"):
+        Image.fromarray(rgb).convert("1" if name.endswith(".pbm") else "RGB").save(tmp_path / name)
+    named = {name: json.loads(run_predict([str(tmp_path / name), "--detector", "none", "--format", "jsonl"],
+                                          capsys)[1]) for name in ("a.gif", "b.avif", "c.pbm", "d.png")}
+    assert all(len(result["faces"]) == 1 for result in named.values()), named  # each works when named
+    code, out, _ = run_predict([str(tmp_path), "--detector", "none", "--format", "jsonl"], capsys)
+    assert code == 0 and [json.loads(line) for line in out.splitlines()] == list(named.values())

@@ -304,3 +304,12 @@ def test_options_that_do_nothing_are_warned_about(clip, tmp_path, capsys):
         code, _, err = run_predict([str(photo), "--detector", "none", *option], capsys)
         assert code == 0 and err.strip() == "warning: --every and --max-frames are for videos and the webcam: " \
                                             "each photo is done once"
+
+
+@pytest.mark.parametrize("argv", [["clip.mp4"], ["--help"]])
+def test_video_py_run_as_a_script_points_to_predict_py(argv):
+    result = subprocess.run([sys.executable, str(ROOT / "video.py"), *argv], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: video.py has no command line of its own: run python predict.py CLIP.mp4 "
+                             "(python predict.py --help lists the video options)\n")
