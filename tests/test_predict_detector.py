@@ -138,3 +138,17 @@ def test_fetch_detector_offline_does_not_suggest_itself(server, capsys):
     code, _, err = run_predict(["--fetch-detector"], capsys)
     assert code == 1 and err.count("\n") == 1 and "--fetch-detector" not in err
     assert faces.YUNET_URL in err and "AGE_GENDER_YUNET" in err
+
+
+def test_the_tests_find_yunet_where_the_readme_puts_it(yunet_path, tmp_path):
+    """Not only ../shared/models: $AGE_GENDER_YUNET and the cache --fetch-detector fills, as predict.py."""
+    from conftest import installed_yunet
+
+    no_shared, cache = tmp_path / "no-shared", tmp_path / "cache" / faces.YUNET_FILE
+    assert installed_yunet(no_shared, {}, cache) is None
+    assert installed_yunet(no_shared, {"AGE_GENDER_YUNET": str(yunet_path)}, cache) == yunet_path
+    cache.parent.mkdir()
+    cache.write_bytes(yunet_path.read_bytes())
+    assert installed_yunet(no_shared, {}, cache) == cache
+    cache.write_bytes(b"an interrupted download")
+    assert installed_yunet(no_shared, {}, cache) is None  # predict.py would not use it either
