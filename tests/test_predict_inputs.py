@@ -312,3 +312,9 @@ def test_a_folder_scan_reads_every_format_a_named_file_may_be(tmp_path, capsys):
     assert all(len(result["faces"]) == 1 for result in named.values()), named  # each works when named
     code, out, _ = run_predict([str(tmp_path), "--detector", "none", "--format", "jsonl"], capsys)
     assert code == 0 and [json.loads(line) for line in out.splitlines()] == list(named.values())
+
+
+def test_help_shows_the_min_face_default(capsys):
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--help"])
+    assert "ignore faces smaller than this (default: 0)" in " ".join(capsys.readouterr().out.split())
