@@ -587,8 +587,8 @@ def _new_yunet(model: np.ndarray, score_threshold: float):
 
 
 def _load_yunet(model: np.ndarray, shown: str, score_threshold: float):
-    """cv2.FaceDetectorYN on the bytes of an ONNX file (shown: its path, for messages), tried once on a blank image: a valid
-    ONNX file of another network fails here, with one line, rather than on the first photo."""
+    """cv2.FaceDetectorYN on the bytes of an ONNX file (shown: its path, for messages), tried once on a
+    blank image: a valid ONNX file of another network fails here, with one line, not on the first photo."""
     log_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's DNN errors are many lines
     try:

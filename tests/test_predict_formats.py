@@ -98,7 +98,8 @@ def test_results_stream_to_the_part_file_and_resume_continues(folder, tmp_path, 
 
     done_before = set(seen[:5])
     calls = []
-    monkeypatch.setattr(predict, "load_entry", lambda path, *rest: calls.append(path) or predict_load_entry(path, *rest))
+    monkeypatch.setattr(predict, "load_entry", lambda path, *rest: calls.append(path) or
+                        predict_load_entry(path, *rest))
     code, _, _ = run_predict([str(folder), "--detector", "none", "--format", fmt, "--output", str(output),
                               "--resume"], capsys)
     assert code == 1 and output.is_file() and not part.exists()
@@ -145,7 +146,8 @@ def test_resume_knows_an_image_however_its_path_is_spelled(folder, tmp_path, mon
     code, _, _ = run_predict(["photos", "--detector", "none", "--output", str(output)], capsys)
     assert code == 1 and len(output.read_text().splitlines()) == 13  # zz_broken.jpg is an error record
     calls = []
-    monkeypatch.setattr(predict, "load_entry", lambda path, *rest: calls.append(path) or predict_load_entry(path, *rest))
+    monkeypatch.setattr(predict, "load_entry", lambda path, *rest: calls.append(path) or
+                        predict_load_entry(path, *rest))
     for spelling in ("./photos", str(folder), "photos/"):
         run_predict([spelling, "--detector", "none", "--output", str(output), "--resume"], capsys)
         assert calls == [] and len(output.read_text().splitlines()) == 13, spelling
