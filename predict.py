@@ -369,7 +369,10 @@ class AnnotationSaver:
                 if not cv2.imwrite(str(temp_path), annotate(image, faces)):
                     raise UserError(f"cannot write {target}")
             else:  # marked, so that a later run over this folder leaves the copy out (faces.list_images)
-                temp_path.write_bytes(marked_as_annotated(cv2.imencode(".jpg", annotate(image, faces))[1].tobytes()))
+                encoded, jpeg = cv2.imencode(".jpg", annotate(image, faces))
+                if not encoded:
+                    raise UserError(f"cannot write {target}")
+                temp_path.write_bytes(marked_as_annotated(jpeg.tobytes()))
         return target
 
 
@@ -482,7 +485,8 @@ def images_to_do(paths: list[str], done: set[str]) -> list[str]:
     for path in done:
         if not os.path.isabs(path) and not os.path.exists(path):
             parts = tuple(part for part in Path(os.path.normpath(path)).parts if part != "..")
-            endings[parts[-1]].add(parts)
+            if parts:
+                endings[parts[-1]].add(parts)
     todo = []
     for path in paths:
         resolved = os.path.realpath(path)
