@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import stat
 import sys
 import threading
@@ -75,7 +76,14 @@ DETECTION_UPSCALE_SIDE = 128
 MAX_IMAGE_PIXELS = 100_000_000  # refuse absurd dimensions before decoding (a bomb would need gigabytes)
 MAX_FILE_BYTES = 512 * 2**20  # no photo is this large; a bigger file is not read into memory
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm"}
+# The scales libjpeg decodes to directly, skipping most of the work of the pixels it drops
+REDUCED_JPEG_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+URL_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # an input given as a URL rather than a file
+ANNOTATED_NAME = re.compile(r"_annotated(_[0-9]+)?\.jpg$")  # predict.py --save's names in a folder
+ANNOTATED_MARKER = b"annotated by age-gender predict.py"  # in their JPEG comment: a user's own file is kept
+# What a folder scan reads: every format that both Pillow (the header check) and OpenCV decode
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pbm", ".pnm",
+                  ".gif", ".avif"}
 
 
 @dataclass
@@ -86,6 +94,17 @@ class Face:
     box_source: str = "yunet"  # which BOX_FRAMING entry applies when there are no landmarks
 
 
+def rescaled_face(face: Face, factor: float) -> Face:
+    """The face in an image `factor` times larger (pixel centres map to pixel centres)."""
+    def point(xy: np.ndarray) -> np.ndarray:
+        return (np.asarray(xy, np.float64) + 0.5) * factor - 0.5
+
+    x, y = point(face.box[:2])
+    box = (float(x), float(y), face.box[2] * factor, face.box[3] * factor)
+    landmarks = None if face.landmarks is None else point(face.landmarks)
+    return Face(box, landmarks, face.score, face.box_source)
+
+
 def quiet_opencv() -> None:
     """FFmpeg's and OpenCV's own warnings would break the one-line error rule; our messages say it all."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg first opens a file
@@ -94,54 +113,87 @@ def quiet_opencv() -> None:
 
 # --- reading images -----------------------------------------------------------------------------
 
+@dataclass
+class Photo:
+    """A user's photo, decoded at 1/reduction of its size (1, or 2, 4 or 8 for a large JPEG, which libjpeg
+    scales while decoding, at a fraction of the cost of every pixel), with its bytes for full_pixels()."""
+    pixels: np.ndarray  # 8-bit BGR, upright per EXIF
+    reduction: int
+    shape: tuple[int, int, int]  # the full-size image's height, width, 3
+    data: bytes
+    name: str  # the path as given, for messages
+
+    def full_pixels(self) -> np.ndarray:
+        return self.pixels if self.reduction == 1 else _decode(self.data, cv2.IMREAD_COLOR, self.name)
+
+
 def load_photo(path: str | os.PathLike) -> np.ndarray:
     """Decode a user's photo to 8-bit BGR, upright per EXIF; raise UserError with the reason if it can't.
 
     Only regular files are opened (a FIFO would hang, a link to /dev/zero would never end), and the
     dimensions are checked from the header before any pixels are decoded.
     """
+    return open_photo(path).pixels
+
+
+def open_photo(path: str | os.PathLike, detection_side: int | None = None) -> Photo:
+    """load_photo's checks and decoding; with detection_side, a JPEG is decoded at the largest 1/2, 1/4 or
+    1/8 scale whose longer side keeps at least detection_side pixels (what the detector looks at anyway)."""
+    shown = os.fspath(path)  # messages name the path as the user typed it
     path = Path(path)
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
+        hint = " (URLs are not fetched: download the image first)" if URL_PATTERN.match(shown) else ""
+        raise UserError(f"{shown}: no such file or folder{hint}") from None
     except OSError as error:
-        raise UserError(f"{path}: {error.strerror}") from None
+        raise UserError(f"{shown}: {error.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{path}: is a folder")
+        raise UserError(f"{shown}: is a folder")
     if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{path}: not a regular file (a device, FIFO or socket): skipped")
+        raise UserError(f"{shown}: not a regular file (a device, FIFO or socket): skipped")
     if info.st_size == 0:
-        raise UserError(f"{path}: empty file")
+        raise UserError(f"{shown}: empty file")
     if info.st_size > MAX_FILE_BYTES:
-        raise UserError(f"{path}: {info.st_size:,} bytes is too large for a photo (limit {MAX_FILE_BYTES:,})")
-    data = _read_regular_file(path)
-    width, height = _image_size(data, path)
+        raise UserError(f"{shown}: {info.st_size:,} bytes is too large for a photo (limit {MAX_FILE_BYTES:,})")
+    data = _read_regular_file(path, shown)
+    width, height = _image_size(data, shown)
     if width * height > MAX_IMAGE_PIXELS:
-        raise UserError(f"{path}: {width}x{height} pixels is too large (limit {MAX_IMAGE_PIXELS:,} pixels)")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
-        _check_jpeg_decodes(data, path)  # no end marker near the end: truncated, or a trailer (motion photo)?
+        raise UserError(f"{shown}: {width}x{height} pixels is too large (limit {MAX_IMAGE_PIXELS:,} pixels)")
+    is_jpeg = data[:2] == b"\xff\xd8"
+    if is_jpeg and b"\xff\xd9" not in data[-4096:]:
+        _check_jpeg_decodes(data, shown)  # no end marker near the end: truncated, or a trailer (motion photo)?
+    reduction = max([factor for factor in REDUCED_JPEG_FLAGS if detection_side and is_jpeg
+                     and max(width, height) >= factor * detection_side], default=1)
     # IMREAD_COLOR applies EXIF orientation and turns grey, RGBA and 16-bit images into 8-bit BGR.
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    pixels = _decode(data, REDUCED_JPEG_FLAGS.get(reduction, cv2.IMREAD_COLOR), shown)
+    if reduction == 1:
+        return Photo(pixels, 1, pixels.shape, data, shown)
+    rotated = pixels.shape[:2] != (-(-height // reduction), -(-width // reduction))  # EXIF turned it upright
+    return Photo(pixels, reduction, (width, height, 3) if rotated else (height, width, 3), data, shown)
+
+
+def _decode(data: bytes, flag: int, shown: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if image is None:
-        raise UserError(f"{path}: image data could not be decoded")
+        raise UserError(f"{shown}: image data could not be decoded")
     return image
 
 
-def _read_regular_file(path: Path) -> bytes:
+def _read_regular_file(path: Path, shown: str) -> bytes:
     """The file's bytes. Opened without blocking and checked again once open, so a file swapped for a
     FIFO after the stat above cannot hang the run."""
     try:
         handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with open(handle, "rb") as file:
             if not stat.S_ISREG(os.fstat(handle).st_mode):
-                raise UserError(f"{path}: not a regular file (a device, FIFO or socket): skipped")
+                raise UserError(f"{shown}: not a regular file (a device, FIFO or socket): skipped")
             return file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
-        raise UserError(f"{path}: cannot read: {error.strerror}") from None
+        raise UserError(f"{shown}: cannot read: {error.strerror}") from None
 
 
-def _image_size(data: bytes, path: Path) -> tuple[int, int]:
+def _image_size(data: bytes, shown: str) -> tuple[int, int]:
     """(width, height) from the header alone."""
     from PIL import Image
 
@@ -149,19 +201,19 @@ def _image_size(data: bytes, path: Path) -> tuple[int, int]:
         with _open_with_pil(data) as header:
             return header.size
     except Image.DecompressionBombError:
-        raise UserError(f"{path}: too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise UserError(f"{shown}: too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
     except Exception:
-        raise UserError(f"{path}: not an image this tool can read") from None
+        raise UserError(f"{shown}: not an image this tool can read") from None
 
 
-def _check_jpeg_decodes(data: bytes, path: Path) -> None:
+def _check_jpeg_decodes(data: bytes, shown: str) -> None:
     """Decode with PIL, which (unlike OpenCV) refuses a JPEG cut short instead of padding it with grey.
     Data after a complete image, such as a phone's motion-photo video, is fine."""
     try:
         with _open_with_pil(data) as image:
             image.load()
     except Exception:
-        raise UserError(f"{path}: truncated JPEG (the image data ends early)") from None
+        raise UserError(f"{shown}: truncated JPEG (the image data ends early)") from None
 
 
 _PIL_WARNINGS_LOCK = threading.Lock()
@@ -190,14 +242,32 @@ def is_video(path: str) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES and not Path(path).is_dir()
 
 
+def marked_as_annotated(jpeg: bytes) -> bytes:
+    """The JPEG with a comment segment saying predict.py drew it, right after its start marker."""
+    comment = ANNOTATED_MARKER
+    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+
+
+def is_annotated_copy(path: str) -> bool:
+    """A NAME_annotated.jpg that predict.py --save wrote (its name, and the comment marked_as_annotated put in)."""
+    if not ANNOTATED_NAME.search(path):
+        return False
+    try:
+        with open(path, "rb") as file:
+            return ANNOTATED_MARKER in file.read(6 + len(ANNOTATED_MARKER))
+    except OSError:
+        return False  # reported like any unreadable image
+
+
 def list_images(paths: list[str]) -> list[str]:
-    """Expand folders into their image files (sorted, links to folders not followed); files are kept as
-    given, even if not images."""
+    """Expand folders into their image files (sorted, links to folders not followed; the annotated copies
+    predict.py --save wrote there are left out); files are kept as given, even if not images."""
     expanded = []
     for path in paths:
         if os.path.isdir(path):
             found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path)
-                           for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+                           for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES
+                           and not is_annotated_copy(os.path.join(folder, name)))
             expanded.extend(found or [path])  # a folder without images stays, to be reported as an error
         else:
             expanded.append(path)
@@ -321,17 +391,19 @@ def yunet_failure_marker() -> Path:
     return YUNET_CACHE.with_name(YUNET_CACHE.name + ".unavailable")
 
 
-def how_to_get_yunet() -> str:
-    return (f"run `python predict.py --fetch-detector`, or download {YUNET_URL} to {YUNET_CACHE} "
-            f"(or anywhere, and set {YUNET_ENV} to that file)")
+def how_to_get_yunet(fetching: bool = False) -> str:
+    """What to do without YuNet; fetching: said to --fetch-detector itself, which was just tried."""
+    download = f"download {YUNET_URL} to {YUNET_CACHE} (or anywhere, and set {YUNET_ENV} to that file)"
+    return download if fetching else f"run `python predict.py --fetch-detector`, or {download}"
 
 
 def _cache_holds_yunet() -> bool:
     return YUNET_CACHE.is_file() and file_sha256(YUNET_CACHE) == YUNET_SHA256
 
 
-def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
-    """Download YuNet into the cache in one short attempt and verify its sha256; DetectorUnavailable if not.
+def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S, fetching: bool = False) -> Path:
+    """Download YuNet into the cache in one short attempt and verify its sha256; DetectorUnavailable if not
+    (fetching: for --fetch-detector, whose message then does not suggest running it).
 
     A plain urllib request rather than Dataset.download_file: the file is 230 kB (nothing to resume), and
     prediction then needs no `requests`.
@@ -345,25 +417,25 @@ def fetch_yunet(timeout_s: float = YUNET_FETCH_TIMEOUT_S) -> Path:
         with urllib.request.urlopen(YUNET_URL, timeout=timeout_s) as response:
             data = response.read(YUNET_MAX_BYTES + 1)
     except urllib.error.HTTPError as error:
-        _remember_failure(f"download failed: HTTP {error.code} {error.reason}")
+        _remember_failure(f"download failed: HTTP {error.code} {error.reason}", fetching)
     except (OSError, ValueError) as error:  # URLError and timeouts are OSErrors
-        _remember_failure(f"download failed: {getattr(error, 'reason', None) or error}")
+        _remember_failure(f"download failed: {getattr(error, 'reason', None) or error}", fetching)
     if hashlib.sha256(data).hexdigest() != YUNET_SHA256:
-        _remember_failure(f"download from {YUNET_URL} failed its sha256 check")
+        _remember_failure(f"download from {YUNET_URL} failed its sha256 check", fetching)
     with atomic_path(YUNET_CACHE) as temp_path:
         temp_path.write_bytes(data)
     yunet_failure_marker().unlink(missing_ok=True)
     return YUNET_CACHE
 
 
-def _remember_failure(reason: str) -> NoReturn:
+def _remember_failure(reason: str, fetching: bool) -> NoReturn:
     marker = yunet_failure_marker()
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{int(time.time())}\n{reason}\n")
     except OSError:
         pass  # a read-only cache only costs the next run another short attempt
-    raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}); {how_to_get_yunet()}")
+    raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}); {how_to_get_yunet(fetching)}")
 
 
 def _recent_failure() -> str | None:
@@ -383,11 +455,16 @@ def find_yunet(model_path: str | None = None, download: bool = True, retry: bool
     network on every run; retry=True (an explicit --detector yunet) tries again anyway. Raises
     DetectorUnavailable (a UserError saying how to get YuNet) when there is none.
     """
-    for candidate in (model_path, os.environ.get(YUNET_ENV)):
-        if candidate:
-            if not Path(candidate).is_file():
-                raise UserError(f"YuNet model {candidate} not found")
-            return Path(candidate)
+    if model_path:
+        return _named_yunet(model_path, "--detector-model")
+    if os.environ.get(YUNET_ENV):
+        try:
+            return _named_yunet(os.environ[YUNET_ENV], f"${YUNET_ENV}")
+        except UserError as error:
+            if not _cache_holds_yunet():
+                raise
+            print(f"warning: {error}; using the verified copy in {YUNET_CACHE}", file=sys.stderr)
+            return YUNET_CACHE
     if _cache_holds_yunet():
         return YUNET_CACHE
     if not download:
@@ -398,6 +475,23 @@ def find_yunet(model_path: str | None = None, download: bool = True, retry: bool
         raise DetectorUnavailable(f"YuNet face detector unavailable ({reason}; not retried for {hours:.0f} h, "
                                   f"--detector yunet retries now); {how_to_get_yunet()}")
     return fetch_yunet()
+
+
+def _named_yunet(path: str, named_by: str) -> Path:
+    """The YuNet file --detector-model or $AGE_GENDER_YUNET names; UserError saying which, if it is none."""
+    if Path(path).is_dir():
+        raise UserError(f"{named_by} is {path}, a folder: name the YuNet file itself ({YUNET_FILE})")
+    if not Path(path).is_file():
+        raise UserError(f"{named_by} names {path}, which does not exist: name the YuNet file ({YUNET_FILE}), "
+                        f"or {how_to_get_yunet()}")
+    return Path(path)
+
+
+def _shown_yunet(path: Path, model_path: str | None) -> str:
+    """path for messages, with where it was named unless it is the cache's own copy."""
+    if model_path:
+        return f"{path} (--detector-model)"
+    return f"{path} (${YUNET_ENV})" if os.environ.get(YUNET_ENV) and path != YUNET_CACHE else str(path)
 
 
 class FaceDetector:
@@ -415,8 +509,9 @@ class FaceDetector:
         if kind in ("auto", "yunet"):
             try:
                 self.yunet_path = find_yunet(model_path, download, retry=kind == "yunet")
-                self.yunet_model = _read_model(self.yunet_path)  # each thread's detector is built from these bytes
-                self._per_thread.model = _load_yunet(self.yunet_model, self.yunet_path, score_threshold)
+                shown = _shown_yunet(self.yunet_path, model_path)
+                self.yunet_model = _read_model(self.yunet_path, shown)  # each thread's detector is built from these
+                self._per_thread.model = _load_yunet(self.yunet_model, shown, score_threshold)
                 self.kind = "yunet"
             except DetectorUnavailable as error:
                 if kind == "yunet":
@@ -434,8 +529,9 @@ class FaceDetector:
                                       else _load_haar())
         return self._per_thread.model
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """All faces in a BGR image, largest first, in the image's own pixel coordinates."""
+    def detect(self, image: np.ndarray, reduction: int = 1) -> list[Face]:
+        """All faces in a BGR image, largest first, in the photo's own pixel coordinates (image may be the
+        photo decoded at 1/reduction of its size: Photo.pixels)."""
         height, width = image.shape[:2]
         scale = min(1.0, DETECTION_MAX_SIDE / max(height, width))
         if min(height, width) * scale < MIN_DETECTION_SIDE:
@@ -445,10 +541,7 @@ class FaceDetector:
             image, (round(width * scale), round(height * scale)),
             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         faces = self._detect_yunet(resized) if self.kind == "yunet" else self._detect_haar(resized)
-        for face in faces:
-            face.box = tuple(float(v) / scale for v in face.box)
-            if face.landmarks is not None:
-                face.landmarks = face.landmarks / scale
+        faces = [rescaled_face(face, reduction / scale) for face in faces]
         faces = [f for f in faces if max(f.box[2], f.box[3]) >= self.min_face]
         return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
 
@@ -470,15 +563,15 @@ class FaceDetector:
                 for box, weight in zip(boxes, np.ravel(weights))]
 
 
-def _read_model(path: Path) -> np.ndarray:
+def _read_model(path: Path, shown: str) -> np.ndarray:
     try:
         size = path.stat().st_size
         if size > YUNET_MAX_BYTES:
-            raise UserError(f"{path} is not a YuNet face detector: {size:,} bytes, where YuNet is 230 kB "
+            raise UserError(f"{shown} is not a YuNet face detector: {size:,} bytes, where YuNet is 230 kB "
                             f"(expected {YUNET_URL})")
         return np.frombuffer(path.read_bytes(), np.uint8)
     except OSError as error:
-        raise UserError(f"cannot read the face detector {path}: {error.strerror}") from None
+        raise UserError(f"cannot read the face detector {shown}: {error.strerror}") from None
 
 
 def _load_haar():
@@ -493,9 +586,9 @@ def _new_yunet(model: np.ndarray, score_threshold: float):
     return cv2.FaceDetectorYN.create("onnx", model, np.zeros(0, np.uint8), (64, 64), score_threshold, 0.3, 5000)
 
 
-def _load_yunet(model: np.ndarray, path: Path, score_threshold: float):
-    """cv2.FaceDetectorYN on the bytes of the ONNX file at path, tried once on a blank image: a valid
-    ONNX file of another network fails here, with one line, rather than on the first photo."""
+def _load_yunet(model: np.ndarray, shown: str, score_threshold: float):
+    """cv2.FaceDetectorYN on the bytes of an ONNX file (shown: its path, for messages), tried once on a
+    blank image: a valid ONNX file of another network fails here, with one line, not on the first photo."""
     log_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenCV's DNN errors are many lines
     try:
@@ -504,7 +597,7 @@ def _load_yunet(model: np.ndarray, path: Path, score_threshold: float):
         if rows is not None and rows.shape[1] != 15:
             raise cv2.error("unexpected output shape")
     except cv2.error:
-        raise UserError(f"{path} is not a YuNet face detector OpenCV can run (expected {YUNET_URL})") from None
+        raise UserError(f"{shown} is not a YuNet face detector OpenCV can run (expected {YUNET_URL})") from None
     finally:
         cv2.utils.logging.setLogLevel(log_level)
     return yunet

@@ -36,14 +36,15 @@ from typing import IO
 import cv2
 import numpy as np
 
-from faces import (IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, fetch_yunet, frame_face, is_video,
-                   list_images, load_photo, quiet_opencv)
+from annotate import age_gender_fields, annotate, clipped_box
+from faces import (DETECTION_MAX_SIDE, IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, Photo, fetch_yunet,
+                   frame_face, framing_matrix, is_video, list_images, load_photo, marked_as_annotated, open_photo,
+                   quiet_opencv, rescaled_face)
 from model_card import open_onnx_session, read_card
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
                    positive_int, run_cli, same_file, unique_path)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.int8.onnx"
-AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
 CHUNK_IMAGES = 256  # images predicted together (their face crops go through the model in one batch)
 CHUNK_SECONDS = 2.0  # ... or fewer, so that results and progress of slow photos still come every few seconds
 MODEL_BATCH = 64  # faces per model run (128 with their mirror images): bounds the network's activations
@@ -55,19 +56,23 @@ NOT_A_CROP_SIDE = 4  # --detector none: warn when an image is this many times th
 NOT_A_CROP_ASPECT = 1.6  # ... or this far from square
 CSV_COLUMNS = ["image", "face", "x", "y", "w", "h", "age", "age_low", "age_high", "gender", "gender_confidence",
                "p_male", "score", "error"]
+FORMAT_OF_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".json": "json"}  # --output's name sets the format
 SAVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}  # what every OpenCV 4 writes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders of images, or one video")
-    parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table",
-                        help="table and jsonl and csv stream as images are done; json is one document at the end")
+    parser.add_argument("--format", choices=["table", "json", "jsonl", "csv"],
+                        help="table and jsonl and csv stream as images are done; json is one document at the end "
+                             "(default: from --output's suffix, .csv .jsonl or .json, else table)")
     parser.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     parser.add_argument("--output", metavar="FILE",
                         help="write results here instead of stdout (jsonl/csv: into FILE.part, renamed when done)")
     parser.add_argument("--resume", action="store_true",
-                        help="with --output and jsonl/csv: skip images already in FILE (or an unfinished FILE.part)")
+                        help="with --output and jsonl/csv: skip images already in FILE (or an unfinished FILE.part), "
+                             "matched by resolved path (photos/a.jpg, ./photos/a.jpg and /home/me/photos/a.jpg "
+                             "are one image)")
     parser.add_argument("--save", metavar="DIR_OR_FILE",
                         help="write annotated copies: a folder, or a file for one image (never onto an input)")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model.onnx carrying its model card")
@@ -86,6 +91,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.paths and not args.fetch_detector and args.webcam is None:
         parser.error("give images, folders or a video, or --webcam INDEX (or --fetch-detector)")
+    named_format = FORMAT_OF_SUFFIX.get(Path(args.output).suffix.lower()) if args.output else None
+    if args.format and named_format and args.format != named_format:
+        parser.error(f"--format {args.format} but --output {args.output} names {named_format}: "
+                     f"drop --format, or give a file name that fits it")
+    args.format = args.format or named_format or "table"
     if args.resume and not (args.output and args.format in ("jsonl", "csv")):
         parser.error("--resume needs --output and --format jsonl or csv")
     return args
@@ -131,22 +141,6 @@ def to_bgr(image, color: str = "bgr") -> np.ndarray:
     return image if conversion is None else cv2.cvtColor(image, conversion)
 
 
-def age_gender_fields(age_probs: np.ndarray, p_male: float) -> dict:
-    """A face's JSON fields from the model's age distribution (101 probabilities) and P(male)."""
-    cumulative = np.cumsum(age_probs)
-    low, high = (float(np.argmax(cumulative >= q)) for q in AGE_RANGE_QUANTILES)
-    return {"age": round(float(age_probs @ np.arange(len(age_probs))), 1), "age_range": [low, high],
-            "gender": "male" if p_male >= 0.5 else "female",
-            "gender_confidence": round(float(max(p_male, 1 - p_male)), 3), "p_male": round(float(p_male), 4)}
-
-
-def clipped_box(box: tuple[float, float, float, float], width: int, height: int) -> list[int]:
-    """[x, y, w, h] in whole pixels, inside the image."""
-    x0, y0 = (min(max(round(v), 0), limit) for v, limit in ((box[0], width), (box[1], height)))
-    x1, y1 = (min(max(round(v), 0), limit) for v, limit in ((box[0] + box[2], width), (box[1] + box[3], height)))
-    return [x0, y0, x1 - x0, y1 - y0]
-
-
 class AgeGenderPredictor:
     """Loads the model and the detector once; predicts every face in images (paths, PIL or arrays)."""
 
@@ -164,8 +158,15 @@ class AgeGenderPredictor:
         self._check_network(model_path)
         self.detector = None if detector == "none" else FaceDetector(
             detector, detector_model, score_threshold=self.card["detector"]["score_threshold"], min_face=min_face)
-        self.warned_not_a_crop = False
+        self.warned = False
         self.warning_lock = threading.Lock()  # faces are found in several threads; warn once all the same
+
+    def warn_once(self, message: str) -> None:
+        """One warning on stderr for this predictor's run, whichever image or frame comes first."""
+        with self.warning_lock:
+            if not self.warned:
+                print(f"warning: {message}", file=sys.stderr)
+                self.warned = True
 
     def _check_network(self, model_path: Path) -> None:
         """One clear line when a valid ONNX file is some other network than an age/gender model."""
@@ -180,17 +181,15 @@ class AgeGenderPredictor:
             expected = f"N x {self.size} x {self.size} x 3 -> age N x 101, gender N x 1"
             raise UserError(f"{model_path} is not an age/gender model: expected {expected}; found {found}")
 
-    def find_faces(self, image: np.ndarray, name: str = "image") -> list[Face]:
+    def find_faces(self, image: np.ndarray, name: str = "image", reduction: int = 1) -> list[Face]:
+        """The faces in image, in the photo's own pixels (image: the photo at 1/reduction of its size)."""
         if self.detector is not None:
-            return self.detector.detect(image)
+            return self.detector.detect(image, reduction)
         height, width = image.shape[:2]
         longer, shorter = max(height, width), min(height, width)
         if longer > NOT_A_CROP_SIDE * self.size or longer > NOT_A_CROP_ASPECT * shorter:
-            with self.warning_lock:
-                if not self.warned_not_a_crop:
-                    print(f"warning: --detector none takes each image as one cropped face, but {name} is "
-                          f"{width}x{height} pixels, not a face crop: use a detector for photos", file=sys.stderr)
-                    self.warned_not_a_crop = True
+            self.warn_once(f"--detector none takes each image as one cropped face, but {name} is "
+                           f"{width}x{height} pixels, not a face crop: use a detector for photos")
         return [Face((0.0, 0.0, float(width), float(height)), None, 1.0, "yunet")]
 
     def predict_faces(self, crops: np.ndarray) -> list[dict]:
@@ -214,12 +213,32 @@ class AgeGenderPredictor:
 
     def _frame_bgr(self, image: np.ndarray, name: str = "image") -> tuple[tuple, list[Face], np.ndarray]:
         """(the image's shape, its faces, their crops): what _describe takes for each image."""
-        faces = self.find_faces(image, name)
-        crops = [frame_face(image, face, self.size, self.framing) for face in faces]
-        return image.shape, faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return self._frame_photo(Photo(image, 1, image.shape, b"", name))
+
+    def _frame_photo(self, photo: Photo) -> tuple[tuple, list[Face], np.ndarray]:
+        """_frame_bgr for a photo that may be decoded at reduced scale. A face is cropped from the reduced
+        pixels when they hold all the detail its crop keeps (the crop shrinks the photo at least
+        `reduction` times), else from the full-size pixels, decoded once for the photo's first such face."""
+        faces = self.find_faces(photo.pixels, photo.name, photo.reduction)
+        full, crops = None, []
+        for face in faces:
+            shrink = np.sqrt(abs(np.linalg.det(framing_matrix(face, self.size, self.framing)[:, :2])))
+            if shrink * photo.reduction <= 1:
+                crops.append(frame_face(photo.pixels, rescaled_face(face, 1 / photo.reduction), self.size,
+                                        self.framing))
+            else:
+                full = photo.full_pixels() if full is None else full
+                crops.append(frame_face(full, face, self.size, self.framing))
+        return photo.shape, faces, np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
 
     def predict_many(self, images: Iterable, color: str = "bgr") -> list[list[dict]]:
-        """Every face of every image (paths, PIL images or arrays), the faces through the model together."""
+        """Every face of every image (paths, PIL images or arrays), the faces through the model together.
+        An image that cannot be read raises UserError naming it, for the whole call (the command line
+        instead reports each bad file and goes on): to go past bad files, call predict() per image."""
+        if isinstance(images, (str, bytes, os.PathLike)) or type(images).__module__.startswith("PIL.") or \
+                isinstance(images, np.ndarray) and images.ndim < 4:
+            raise UserError(f"predict_many takes a list of images, not one {type(images).__name__}: "
+                            f"for one image call predict()")
         return self._describe([self._frame_bgr(to_bgr(image, color)) for image in images])
 
     def _describe(self, framed: list[tuple[tuple, list[Face], np.ndarray]]) -> list[list[dict]]:
@@ -238,13 +257,13 @@ class AgeGenderPredictor:
 
 # --- running over many files --------------------------------------------------------------------
 
-def load_entry(path: str) -> tuple[dict, np.ndarray | None]:
-    """The JSON object for one input and its pixels, or the object with an "error" and None.
-    Every failure stays with its image: one bad file never sinks the batch."""
+def load_entry(path: str, detection_side: int | None = None) -> tuple[dict, Photo | None]:
+    """The JSON object for one input and its decoded photo (see faces.open_photo), or the object with an
+    "error" and None. Every failure stays with its image: one bad file never sinks the batch."""
     try:
         if Path(path).is_dir():
             raise UserError(f"{path}: folder holds no images")
-        return {"image": path, "faces": []}, load_photo(path)
+        return {"image": path, "faces": []}, open_photo(path, detection_side)
     except UserError as error:
         return {"image": path, "error": str(error).removeprefix(f"{path}: ")}, None
     except Exception as error:  # MemoryError, an OpenCV limit...: still this image's problem alone
@@ -260,14 +279,16 @@ def prepared(predictor: AgeGenderPredictor, path: str, keep_image: bool
              ) -> tuple[dict, tuple | None, np.ndarray | None]:
     """One input decoded and its faces found and framed: (its JSON object, (image shape, faces, crops)
     or None if it failed, the image itself if keep_image). Runs in a worker thread."""
-    entry, image = load_entry(path)
-    if image is None:
+    # Large JPEGs are decoded at the detector's scale unless the full picture is kept for --save.
+    detection_side = DETECTION_MAX_SIDE if predictor.detector is not None and not keep_image else None
+    entry, photo = load_entry(path, detection_side)
+    if photo is None:
         return entry, None, None
     try:
-        framed = predictor._frame_bgr(image, entry["image"])
+        framed = predictor._frame_photo(photo)
     except Exception as error:
         return failed(entry["image"], "face detection failed", error), None, None
-    return entry, framed, image if keep_image else None
+    return entry, framed, photo.pixels if keep_image else None
 
 
 def prepared_in_order(predictor: AgeGenderPredictor, paths: list[str], keep_images: bool) -> Iterator[tuple]:
@@ -316,76 +337,6 @@ def finish_chunk(predictor: AgeGenderPredictor, chunk: list, saver: AnnotationSa
 
 # --- annotated copies ---------------------------------------------------------------------------
 
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-COLOURS = {"female": (60, 60, 230), "male": (230, 140, 40)}
-
-
-def rectangles_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
-
-
-def label_layout(image_shape: tuple, faces: list[dict]) -> list[dict]:
-    """Where each face's label goes: {"text", "rect": [x, y, w, h], "font_scale", "thickness"} per face.
-
-    Labels are numbered like the table and JSON, sized to their face, kept inside the image and off the
-    other faces' boxes and earlier labels: above the box, else below it, else inside its top or bottom
-    edge. The age range is added where there is room for it, and only the number where little fits.
-    """
-    height, width = image_shape[:2]
-    boxes = [tuple(face["box"]) for face in faces]
-    placed = []
-    for number, face in enumerate(faces):
-        x, y, w, h = boxes[number]
-        others = boxes[:number] + boxes[number + 1:]
-        short = f"{face['index']} {face['gender'][0].upper()} {face['age']:.0f}"
-        long = f"{short} ({face['age_range'][0]:.0f}-{face['age_range'][1]:.0f})"
-        font_scale = min(2.5, max(0.45, min(w, h) / 180))
-        label = None
-        for text in (long, short, str(face["index"])):
-            scale = font_scale
-            thickness = max(1, round(scale * 1.6))
-            (text_w, text_h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
-            while text_w + 2 * thickness + 4 > width and scale > 0.3:  # shrink to fit a narrow image
-                scale *= 0.8
-                thickness = max(1, round(scale * 1.6))
-                (text_w, text_h), baseline = cv2.getTextSize(text, FONT, scale, thickness)
-            label_w, label_h = text_w + 2 * thickness + 4, text_h + baseline + 2 * thickness
-            left = min(max(x, 0), max(width - label_w, 0))
-            for top in (y - label_h, y + h, y, y + h - label_h):
-                rect = (left, top, label_w, label_h)
-                inside = top >= 0 and top + label_h <= height and label_w <= width
-                clear = not any(rectangles_overlap(rect, other) for other in others) and \
-                    not any(rectangles_overlap(rect, other["rect"]) for other in placed)
-                if inside and clear:
-                    label = {"text": text, "rect": list(rect), "font_scale": scale, "thickness": thickness}
-                    break
-            if label:
-                break
-        if label is None:  # crowded: the number alone, inside the top of its box and cut to the image
-            top = min(max(y, 0), max(height - label_h, 0))
-            rect = [left, top, min(label_w, width - left), min(label_h, height - top)]
-            label = {"text": text, "rect": rect, "font_scale": scale, "thickness": thickness}
-        placed.append(label)
-    return placed
-
-
-def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
-    """A copy of image with a numbered box and an "0 F 31 (27-36)" label per face (see label_layout)."""
-    annotated = image.copy()
-    for face, label in zip(faces, label_layout(image.shape, faces)):
-        x, y, w, h = face["box"]
-        colour = COLOURS[face["gender"]]
-        stroke = max(2, round(min(w, h) / 60))  # visible on small photos, proportionate on large faces
-        cv2.rectangle(annotated, (x, y), (x + w - 1, y + h - 1), colour, stroke)
-        left, top, label_w, label_h = label["rect"]
-        cv2.rectangle(annotated, (left, top), (left + label_w - 1, top + label_h - 1), colour, cv2.FILLED)
-        baseline = cv2.getTextSize(label["text"], FONT, label["font_scale"], label["thickness"])[1]
-        origin = (left + label["thickness"] + 2, top + label_h - baseline - label["thickness"])
-        cv2.putText(annotated, label["text"], origin, FONT, label["font_scale"], (255, 255, 255), label["thickness"],
-                    cv2.LINE_AA)
-    return annotated
-
-
 class AnnotationSaver:
     """Writes annotated copies: to one file (a single input), or as NAME_annotated.jpg in a folder with
     colliding names numbered (utils.unique_path). Never onto an input file."""
@@ -393,7 +344,7 @@ class AnnotationSaver:
     def __init__(self, save: str, inputs: list[str]):
         self.target = Path(save)
         suffix = self.target.suffix.lower()
-        image_suffixes = IMAGE_SUFFIXES | SAVE_SUFFIXES | {".gif", ".heic", ".avif"}
+        image_suffixes = IMAGE_SUFFIXES | SAVE_SUFFIXES | {".heic"}
         names_an_image = suffix in image_suffixes and not self.target.is_dir()
         if names_an_image and suffix not in SAVE_SUFFIXES:
             raise UserError(f"--save {save}: cannot write {suffix} images; give a file ending in "
@@ -414,8 +365,14 @@ class AnnotationSaver:
             while target.is_symlink() or file_identity(target) in self.input_files:
                 target = unique_path(target, self.taken)
         with atomic_path(target) as temp_path:
-            if not cv2.imwrite(str(temp_path), annotate(image, faces)):
-                raise UserError(f"cannot write {target}")
+            if self.single_file:
+                if not cv2.imwrite(str(temp_path), annotate(image, faces)):
+                    raise UserError(f"cannot write {target}")
+            else:  # marked, so that a later run over this folder leaves the copy out (faces.list_images)
+                encoded, jpeg = cv2.imencode(".jpg", annotate(image, faces))
+                if not encoded:
+                    raise UserError(f"cannot write {target}")
+                temp_path.write_bytes(marked_as_annotated(jpeg.tobytes()))
         return target
 
 
@@ -517,6 +474,28 @@ def images_done(part_path: Path, fmt: str) -> set[str]:
     return done
 
 
+def images_to_do(paths: list[str], done: set[str]) -> list[str]:
+    """The paths whose images are not among those done, matched by resolved path: photos/a.jpg,
+    ./photos/a.jpg and /home/me/photos/a.jpg are one image. A relative path written by a run started in
+    another folder names no file from here; it matches the image whose path ends in the same folders."""
+    if not done:
+        return paths
+    done_files = {os.path.realpath(path) for path in done}
+    endings: dict[str, set[tuple[str, ...]]] = collections.defaultdict(set)  # by file name: few to compare
+    for path in done:
+        if not os.path.isabs(path) and not os.path.exists(path):
+            parts = tuple(part for part in Path(os.path.normpath(path)).parts if part != "..")
+            if parts:
+                endings[parts[-1]].add(parts)
+    todo = []
+    for path in paths:
+        resolved = os.path.realpath(path)
+        parts = Path(resolved).parts
+        if resolved not in done_files and not any(parts[-len(end):] == end for end in endings.get(parts[-1], ())):
+            todo.append(path)
+    return todo
+
+
 @contextlib.contextmanager
 def open_results(output: str | None, fmt: str, resume: bool) -> Iterator[tuple[IO[str], set[str], bool]]:
     """(stream, images already done, whether the stream continues earlier output).
@@ -576,24 +555,31 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_opencv()
     if args.fetch_detector:
-        print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60)}")
+        print(f"YuNet face detector ready: {fetch_yunet(timeout_s=60, fetching=True)}")
         if not args.paths:
             return 0
-    if args.webcam is not None or any(is_video(path) for path in args.paths):
-        import video  # imported here: video.py imports this module
+    video_run = args.webcam is not None or any(is_video(path) for path in args.paths)
+    if video_run:
+        import video  # imported here: a photo run does without its start-up cost
 
-        return video.run(args)
-    paths = list_images(args.paths)
+        video.check_arguments(args)
+    elif args.every != 1 or args.max_frames:
+        print("warning: --every and --max-frames are for videos and the webcam: each photo is done once",
+              file=sys.stderr)
+    paths = args.paths if video_run else list_images(args.paths)
     if args.output:
         check_output_file(args.output, paths)
         check_output_file(args.output + ".part", paths)  # where jsonl and csv grow until the run is done
         if args.save and same_file(args.save, args.output):
             raise UserError(f"--save and --output are both {args.output}: give each its own path")
-    saver = AnnotationSaver(args.save, paths) if args.save else None
+    saver = AnnotationSaver(args.save, paths) if args.save and not video_run else None
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+    if video_run:
+        with open_results(args.output, args.format, resume=False) as (out, _, _):
+            return video.run(args, predictor, out)
     failed = 0
     with open_results(args.output, args.format, args.resume) as (out, done, continuing):
-        todo = [path for path in paths if path not in done]
+        todo = images_to_do(paths, done)
         writer = ResultWriter(out, args.format, todo, header=not continuing)
         with progress_bar(len(todo)) as bar:
             for result in predict_files(predictor, todo, saver):

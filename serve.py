@@ -10,16 +10,8 @@ POST /predict    multipart upload in the form field "image"; answers predict.py 
 GET /health      {"status": "ok"} once the model is loaded
 
 Errors are JSON too, {"error": "..."}: 400 for a missing field or an unreadable image or too many
-pixels, 413 for an upload over --max-upload-mb, never a stack trace.
-
-Why Flask + waitress: Flask (Pallets) is the longest-established small Python web framework, plain
-WSGI with a built-in request size limit, and waitress is a pure-Python production WSGI server with a
-thread pool, on Linux, macOS and Windows alike. The work here is CPU-bound inside ONNX Runtime and
-OpenCV, which release the GIL, so a thread pool serves requests concurrently; an async stack (FastAPI
-with uvicorn) would add machinery without making a single prediction faster. The model and detector
-load once at start-up. ONNX Runtime sessions may run from many threads at once; OpenCV's YuNet
-detector may not, so faces.FaceDetector builds one per thread (from the file's bytes read at start-up),
-and requests run fully in parallel.
+pixels, 413 for an upload over --max-upload-mb, never a stack trace. Flask on waitress (the README
+says why).
 """
 from __future__ import annotations
 
@@ -30,15 +22,20 @@ import ipaddress
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from annotate import COLOURS, annotate
 from faces import load_photo, quiet_opencv
-from predict import DEFAULT_MODEL, AgeGenderPredictor, annotate
+from predict import DEFAULT_MODEL, AgeGenderPredictor
 from utils import HelpFormatter, UserError, finite_json, int_at_least, positive_float, positive_int, run_cli
+
+if TYPE_CHECKING:
+    from waitress.server import BaseWSGIServer, MultiSocketServer
 
 HOST, PORT, THREADS = "127.0.0.1", 8000, 4
 MAX_UPLOAD_MB = 10.0  # bytes of one request
@@ -91,6 +88,18 @@ def decode_upload(data: bytes, filename: str, max_pixels: int) -> np.ndarray:
             raise UserError(str(error).replace(str(path), filename)) from None
 
 
+def upload_too_large(max_upload_bytes: int) -> str:
+    return f"upload too large (limit {max_upload_bytes / 2**20:.1f} MB)"
+
+
+def favicon_png() -> bytes:
+    """A 32x32 icon for the browser's tab: a face-box-coloured ring (annotate.COLOURS)."""
+    icon = np.zeros((32, 32, 4), np.uint8)
+    cv2.circle(icon, (16, 16), 12, (*COLOURS["female"], 255), 4, cv2.LINE_AA)
+    cv2.circle(icon, (16, 16), 5, (*COLOURS["male"], 255), cv2.FILLED, cv2.LINE_AA)
+    return cv2.imencode(".png", icon)[1].tobytes()
+
+
 def create_app(predictor: AgeGenderPredictor, max_upload_bytes: int = round(MAX_UPLOAD_MB * 2**20),
                max_pixels: int = round(MAX_MEGAPIXELS * 1e6)) -> Flask:
     """The web app around one loaded predictor (shared by all request threads)."""
@@ -101,7 +110,7 @@ def create_app(predictor: AgeGenderPredictor, max_upload_bytes: int = round(MAX_
     def http_error(error: HTTPException) -> Response:
         message = error.description
         if error.code == 413:
-            message = f"upload too large (limit {max_upload_bytes / 2**20:.1f} MB)"
+            message = upload_too_large(max_upload_bytes)
         return json_response({"error": message}, error.code)
 
     @app.errorhandler(Exception)
@@ -112,6 +121,12 @@ def create_app(predictor: AgeGenderPredictor, max_upload_bytes: int = round(MAX_
     @app.get("/")
     def page() -> Response:
         return Response(PAGE, mimetype="text/html")
+
+    icon = favicon_png()
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(icon, mimetype="image/png", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/health")
     def health() -> Response:
@@ -145,20 +160,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def create_http_server(app: Flask, host: str, port: int, threads: int, max_upload_bytes: int
+                       ) -> BaseWSGIServer | MultiSocketServer:
+    """waitress serving app. It buffers a whole request before Flask sees it, so beyond 4x the upload
+    limit it refuses the request itself: with JSON like every other error, not its plain-text page."""
+    from waitress import create_server  # here: --help and the tests of create_app do without it
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JSONErrorTask(ErrorTask):
+        def execute(self) -> None:
+            error = self.request.error
+            message = upload_too_large(max_upload_bytes) if error.code == 413 else f"{error.reason}: {error.body}"
+            body = finite_json({"error": message}).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JSONErrorChannel(HTTPChannel):
+        error_task_class = JSONErrorTask
+
+    listeners: dict = {}  # waitress puts each listening socket's server here
+    try:
+        server = create_server(app, map=listeners, host=host, port=port, threads=threads,
+                               max_request_body_size=4 * max_upload_bytes + 2**20)
+    except (OSError, ValueError) as error:  # ValueError: waitress on a malformed host
+        raise UserError(f"cannot listen on {host}:{port}: {getattr(error, 'strerror', None) or error}") from None
+    for listener in listeners.values():
+        listener.channel_class = JSONErrorChannel
+    return server
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_opencv()
-    from waitress import create_server
-
     predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model)
     max_upload_bytes = round(args.max_upload_mb * 2**20)
     app = create_app(predictor, max_upload_bytes, round(args.max_megapixels * 1e6))
-    try:  # waitress buffers a whole request before Flask sees it; beyond 4x the limit it answers 413 itself
-        server = create_server(app, host=args.host, port=args.port, threads=args.threads,
-                               max_request_body_size=4 * max_upload_bytes + 2**20)
-    except (OSError, ValueError) as error:  # ValueError: waitress on a malformed host
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {getattr(error, 'strerror', None) or error}") \
-            from None
+    server = create_http_server(app, args.host, args.port, args.threads, max_upload_bytes)
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can use it", file=sys.stderr)
     listening = getattr(server, "effective_listen", None) or [(server.effective_host, server.effective_port)]
@@ -179,6 +220,7 @@ PAGE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Age and gender</title>
+<link rel="icon" href="favicon.ico" type="image/png">
 <style>
   body { font-family: system-ui, sans-serif; max-width: 860px; margin: 1.5em auto; padding: 0 1em; color: #222; }
   h1 { font-size: 1.5em; margin-bottom: .3em; }

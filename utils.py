@@ -41,6 +41,13 @@ def run_cli(main_function, exit_code: int = 1) -> None:
         fail(str(error), exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader stopped reading (`predict.py photos/ | head -1`): its choice, so stop quietly, with
+        # the status a shell reports for a tool stopped by SIGPIPE. Output goes nowhere from now on, so
+        # the interpreter's last flush at exit cannot complain either.
+        with contextlib.suppress(OSError, ValueError):  # stdout may be no real file (a test's capture)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
     except MemoryError:
         fail("out of memory: try fewer or smaller inputs (or a smaller --batch-size)", exit_code)
     except OSError as error:
@@ -110,7 +117,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """--help keeps the docstring's layout and shows every default that says something."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+        # `is`, not `in (None, False)`: 0 == False, and a default of 0 says something (--min-face 0)
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
             return action.help or ""
         return super()._get_help_string(action)
 

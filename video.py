@@ -9,11 +9,13 @@ predict.py hands videos (by file suffix) and --webcam here. Each processed frame
 detector and the model like a photo (the face and its mirror image on alternate frames, not both); a
 detection continues the track whose last box centre is nearest (within MATCH_DISTANCE face widths,
 similar size), and each track's age distribution and P(male) are an exponential average over its
-frames, so labels do not flicker from frame to frame. The per-track summary (--json, the table)
+frames, so labels do not flicker from frame to frame; its gender changes only when that average is
+clearly on the other side of 0.5 (GENDER_MARGIN). The per-track summary (--json, the table)
 averages the model's outputs over all of the track's frames.
 
 From Python:
 
+    from predict import AgeGenderPredictor
     from video import process_video
     summary = process_video(AgeGenderPredictor(), "clip.mp4", every=2)   # {"tracks": [...], ...}
 """
@@ -26,21 +28,25 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from annotate import age_gender_fields, annotate, clipped_box
 from faces import Face, quiet_opencv
-from predict import AgeGenderPredictor, age_gender_fields, annotate, clipped_box
-from utils import UserError, atomic_path, check_output_file, finite_json
+from utils import UserError, atomic_path, check_output_file, fail, finite_json
+
+if TYPE_CHECKING:  # predict.py imports this module: the predictor is passed in, never imported here
+    from predict import AgeGenderPredictor
 
 SAVE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 MATCH_DISTANCE = 0.6  # a face continues a track when its centre moved less than this many face widths
 MATCH_SIZE_RATIO = 1.6  # ... and its box is at most this much larger or smaller than the track's
 MAX_MISSED = 10  # processed frames a track survives unseen (a turned head, a missed detection)
 SMOOTHING = 0.3  # weight of the newest frame in a track's running age distribution and P(male)
+GENDER_MARGIN = 0.15  # a track's gender changes only when its smoothed P(male) passes 0.5 by this much
 DEFAULT_FPS = 30.0  # for streams that report no frame rate (many webcams)
 WINDOW_NAME = "age and gender (q or Esc to stop)"
 
@@ -57,16 +63,21 @@ class Track:
     p_male: float
     age_probs_sum: np.ndarray = field(init=False)  # plain sums over every frame: the track's summary
     p_male_sum: float = field(init=False)
+    gender: str = field(init=False)  # the label shown: it changes only past GENDER_MARGIN (hysteresis)
     frames: int = 1
     missed: int = 0
 
     def __post_init__(self):
         self.age_probs_sum, self.p_male_sum = self.age_probs.copy(), self.p_male
+        self.gender = "male" if self.p_male >= 0.5 else "female"
 
     def add(self, face: Face, age_probs: np.ndarray, p_male: float, frame_index: int, smoothing: float) -> None:
         self.box, self.score, self.last_frame, self.missed = face.box, face.score, frame_index, 0
         self.age_probs = (1 - smoothing) * self.age_probs + smoothing * age_probs
         self.p_male = (1 - smoothing) * self.p_male + smoothing * p_male
+        # Hysteresis: a still face whose P(male) wanders about 0.5 as the camera moves keeps one label.
+        if abs(self.p_male - 0.5) > GENDER_MARGIN:
+            self.gender = "male" if self.p_male > 0.5 else "female"
         self.age_probs_sum += age_probs
         self.p_male_sum += p_male
         self.frames += 1
@@ -122,12 +133,12 @@ class FaceTracker:
 def face_entries(tracks: list[Track], width: int, height: int) -> list[dict]:
     """The per-face JSON of one frame: the detection's box and score, the track's smoothed age and gender."""
     return [{"track": track.number, "index": index, "box": clipped_box(track.box, width, height),
-             "score": round(track.score, 3), **age_gender_fields(track.age_probs, track.p_male)}
+             "score": round(track.score, 3), **age_gender_fields(track.age_probs, track.p_male, track.gender)}
             for index, track in enumerate(tracks)]
 
 
 def draw_tracks(frame: np.ndarray, faces: list[dict]) -> np.ndarray:
-    """predict.annotate's boxes and labels, numbered by track: the same face keeps its number."""
+    """annotate.annotate's boxes and labels, numbered by track: the same face keeps its number."""
     return annotate(frame, [{**face, "index": face["track"]} for face in faces])
 
 
@@ -267,31 +278,40 @@ def print_tracks(summary: dict, out: TextIO) -> None:
         print(f"no face found in {summary['frames_processed']} processed frames of {summary['image']}", file=out)
 
 
-def run(args: argparse.Namespace) -> int:
-    """predict.py's video and webcam mode (args from predict.parse_args)."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """predict.py's arguments (predict.parse_args) for a video or webcam run: UserError for what cannot
+    work, before any output is opened or the model loaded."""
     if args.webcam is not None and args.paths:
         raise UserError("give either a video or --webcam, not both")
     if args.webcam is None and len(args.paths) != 1:
         raise UserError("give one video at a time (videos and photos cannot be mixed in one run)")
-    output_format = "json" if getattr(args, "json", False) else args.format  # --json is --format json
-    if output_format not in ("table", "json", "jsonl"):
-        raise UserError(f"--format {output_format} is for photos; a video gives table, json or jsonl")
+    if args.format not in ("table", "json", "jsonl"):
+        raise UserError(f"--format {args.format} is for photos; a video gives table, json or jsonl")
+    if args.resume:
+        raise UserError(f"--resume is for photos: a video is processed from its first frame again (the lines of "
+                        f"a stopped run stay in {args.output}.part)")
+
+
+def run(args: argparse.Namespace, predictor: AgeGenderPredictor, out: TextIO) -> int:
+    """predict.py's video and webcam mode: args from predict.parse_args, passed by check_arguments; the
+    frames (jsonl), the summary (json) or the table go to out."""
     source = args.webcam if args.webcam is not None else args.paths[0]
-    output = getattr(args, "output", None)  # predict.py's --output FILE, instead of stdout
-    with contextlib.ExitStack() as stack:
-        out = sys.stdout
-        if output:
-            temp_path = stack.enter_context(atomic_path(check_output_file(output, [args.save, *args.paths])))
-            out = stack.enter_context(open(temp_path, "w"))
-        predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
-        stream = (lambda frame: print(finite_json(frame), file=out, flush=True)) if output_format == "jsonl" else None
-        summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
-                                show=args.webcam is not None)
-        if output_format == "json":
-            print(finite_json(summary, indent=2), file=out)
-        elif output_format == "table":
-            print_tracks(summary, out)
+    if predictor.detector is None:
+        predictor.warn_once("--detector none takes every frame as one cropped face: use a detector for a video "
+                            "of people")
+    stream = (lambda frame: print(finite_json(frame), file=out, flush=True)) if args.format == "jsonl" else None
+    summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
+                            show=args.webcam is not None)
+    if args.format == "json":
+        print(finite_json(summary, indent=2), file=out)
+    elif args.format == "table":
+        print_tracks(summary, out)
     if "error" in summary:
         print(f"error: {summary['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":  # predict.py owns the command line, for photos and videos alike
+    fail("video.py has no command line of its own: run python predict.py CLIP.mp4 "
+         "(python predict.py --help lists the video options)", 2)

@@ -10,27 +10,40 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-if YUNET.is_file():
+
+import faces  # noqa: E402  (from ROOT, just put on the path)
+from utils import file_sha256  # noqa: E402
+
+
+def installed_yunet(shared: Path, environ: dict, cache: Path) -> Path | None:
+    """The YuNet file for the tests: ../shared/models, else where predict.py looks ($AGE_GENDER_YUNET, then
+    the cache that --fetch-detector fills), so a user who followed the README runs the tests needing it."""
+    for candidate in (shared / "models" / faces.YUNET_FILE, environ.get(faces.YUNET_ENV)):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return cache if cache.is_file() and file_sha256(cache) == faces.YUNET_SHA256 else None
+
+
+YUNET = installed_yunet(SHARED, os.environ, faces.YUNET_CACHE)
+if YUNET:
     os.environ["AGE_GENDER_YUNET"] = str(YUNET)  # tests never download the detector
 
 
 @pytest.fixture(autouse=True)
 def no_detector_download(tmp_path, monkeypatch):
     """Point the detector cache at an empty folder so no test can reach the network for it."""
-    import faces
-
     monkeypatch.setattr(faces, "YUNET_CACHE", tmp_path / "no-cache" / faces.YUNET_FILE)
     monkeypatch.setattr(faces, "YUNET_URL", "http://127.0.0.1:9/unreachable.onnx")
 
 
 @pytest.fixture(scope="session")
 def yunet_path() -> Path:
-    if not YUNET.is_file():
-        pytest.skip("../shared/models (YuNet) is absent")
+    if YUNET is None:
+        pytest.skip("YuNet is absent (../shared/models, $AGE_GENDER_YUNET, the cache): "
+                    "python predict.py --fetch-detector")
     return YUNET
 
 

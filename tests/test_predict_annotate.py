@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_predict_inputs import run_predict
 
-from predict import COLOURS, annotate, label_layout, rectangles_overlap
+from annotate import COLOURS, annotate, label_layout, rectangles_overlap
 
 
 def face(index: int, box: list[int], gender: str = "female", age: float = 31.4) -> dict:

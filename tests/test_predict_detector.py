@@ -12,6 +12,7 @@ from test_predict_inputs import run_predict
 
 import faces
 from faces import DetectorUnavailable, FaceDetector
+from utils import UserError
 
 
 @pytest.fixture
@@ -111,3 +112,43 @@ def test_a_valid_onnx_that_is_not_yunet_is_one_line(tmp_path, capsys):
     for wrong in (small, ROOT / "models" / "default" / "model.onnx"):  # the age model is also far too large
         code, _, err = run_predict([str(photo), "--detector-model", str(wrong)], capsys)
         assert code == 1 and err.count("\n") == 1 and "is not a YuNet face detector" in err, err
+
+
+def test_a_bad_environment_variable_is_named_and_a_good_cached_copy_wins(yunet_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AGE_GENDER_YUNET", str(tmp_path / "nowhere.onnx"))
+    with pytest.raises(UserError, match=r"\$AGE_GENDER_YUNET names .*nowhere.onnx, which does not exist"):
+        faces.find_yunet()
+    monkeypatch.setenv("AGE_GENDER_YUNET", str(tmp_path))
+    with pytest.raises(UserError, match=r"\$AGE_GENDER_YUNET is .*, a folder: name the YuNet file itself"):
+        faces.find_yunet()
+    faces.YUNET_CACHE.parent.mkdir(parents=True)
+    faces.YUNET_CACHE.write_bytes(yunet_path.read_bytes())  # the README's --fetch-detector put a good copy here
+    for kind in ("auto", "yunet"):
+        assert FaceDetector(kind).yunet_path == faces.YUNET_CACHE
+        warning = capsys.readouterr().err
+        assert warning.count("\n") == 1 and "$AGE_GENDER_YUNET is" in warning and "using the verified copy" in warning
+    not_yunet = tmp_path / "other.onnx"
+    not_yunet.write_bytes(b"\x08" * 1000)
+    monkeypatch.setenv("AGE_GENDER_YUNET", str(not_yunet))
+    with pytest.raises(UserError, match=r"other.onnx \(\$AGE_GENDER_YUNET\) is not a YuNet face detector"):
+        FaceDetector("auto")
+
+
+def test_fetch_detector_offline_does_not_suggest_itself(server, capsys):
+    code, _, err = run_predict(["--fetch-detector"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "--fetch-detector" not in err
+    assert faces.YUNET_URL in err and "AGE_GENDER_YUNET" in err
+
+
+def test_the_tests_find_yunet_where_the_readme_puts_it(yunet_path, tmp_path):
+    """Not only ../shared/models: $AGE_GENDER_YUNET and the cache --fetch-detector fills, as predict.py."""
+    from conftest import installed_yunet
+
+    no_shared, cache = tmp_path / "no-shared", tmp_path / "cache" / faces.YUNET_FILE
+    assert installed_yunet(no_shared, {}, cache) is None
+    assert installed_yunet(no_shared, {"AGE_GENDER_YUNET": str(yunet_path)}, cache) == yunet_path
+    cache.parent.mkdir()
+    cache.write_bytes(yunet_path.read_bytes())
+    assert installed_yunet(no_shared, {}, cache) == cache
+    cache.write_bytes(b"an interrupted download")
+    assert installed_yunet(no_shared, {}, cache) is None  # predict.py would not use it either

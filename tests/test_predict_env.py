@@ -1,4 +1,4 @@
-"""requirements-predict.txt is enough for predict.py: checked statically over its import graph."""
+"""requirements-predict.txt is enough for predict.py and serve.py: checked statically over their import graphs."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +8,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-DISTRIBUTION_OF = {"cv2": "opencv-python-headless", "PIL": "pillow"}  # import name -> package name
+# import name -> package name (werkzeug comes with flask)
+DISTRIBUTION_OF = {"cv2": "opencv-python-headless", "PIL": "pillow", "werkzeug": "flask"}
 
 
 def requirements(name: str) -> dict[str, Requirement]:
@@ -70,11 +71,13 @@ def import_graph(entry: str) -> tuple[set[str], set[str]]:
     return modules, third_party
 
 
-def test_requirements_predict_covers_every_import_of_predict():
+def test_requirements_predict_covers_every_import_of_predict_and_serve():
+    """The light install predicts, runs videos and serves the web page; it lists nothing else."""
     modules, third_party = import_graph("predict")
-    assert {"predict", "faces", "model_card", "utils"} <= modules
-    needed = {DISTRIBUTION_OF.get(package, package).lower() for package in third_party}
-    assert needed == set(requirements("requirements-predict.txt")), (needed, modules)
+    assert {"predict", "faces", "model_card", "utils", "video", "annotate"} <= modules
+    serve_modules, serve_third_party = import_graph("serve")
+    needed = {DISTRIBUTION_OF.get(package, package).lower() for package in third_party | serve_third_party}
+    assert needed == set(requirements("requirements-predict.txt")), (needed, modules | serve_modules)
 
 
 def test_prediction_never_imports_tensorflow_or_keras():

@@ -98,7 +98,8 @@ def test_results_stream_to_the_part_file_and_resume_continues(folder, tmp_path, 
 
     done_before = set(seen[:5])
     calls = []
-    monkeypatch.setattr(predict, "load_entry", lambda path: calls.append(path) or predict_load_entry(path))
+    monkeypatch.setattr(predict, "load_entry", lambda path, *rest: calls.append(path) or
+                        predict_load_entry(path, *rest))
     code, _, _ = run_predict([str(folder), "--detector", "none", "--format", fmt, "--output", str(output),
                               "--resume"], capsys)
     assert code == 1 and output.is_file() and not part.exists()
@@ -136,3 +137,50 @@ def test_a_failed_run_leaves_an_earlier_output_whole(folder, tmp_path, monkeypat
     assert code == 1 and out == ""  # the results went to the file
     written = output.read_text()
     assert len(json.loads(written)) == 13 if fmt == "json" else written.count("\n") == 14
+
+
+def test_resume_knows_an_image_however_its_path_is_spelled(folder, tmp_path, monkeypatch, capsys):
+    """photos, ./photos, /abs/photos, or a run from another folder: one image is one record."""
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "r.jsonl"
+    code, _, _ = run_predict(["photos", "--detector", "none", "--output", str(output)], capsys)
+    assert code == 1 and len(output.read_text().splitlines()) == 13  # zz_broken.jpg is an error record
+    calls = []
+    monkeypatch.setattr(predict, "load_entry", lambda path, *rest: calls.append(path) or
+                        predict_load_entry(path, *rest))
+    for spelling in ("./photos", str(folder), "photos/"):
+        run_predict([spelling, "--detector", "none", "--output", str(output), "--resume"], capsys)
+        assert calls == [] and len(output.read_text().splitlines()) == 13, spelling
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the records say photos/00.png, which is not here
+    run_predict(["../photos", "--detector", "none", "--output", str(output), "--resume"], capsys)
+    assert calls == [] and len(output.read_text().splitlines()) == 13
+    cv2.imwrite(str(folder / "new.png"), colourful(seed=98))
+    run_predict(["../photos", "--detector", "none", "--output", str(output), "--resume"], capsys)
+    assert calls == ["../photos/new.png"] and len(output.read_text().splitlines()) == 14
+
+
+@pytest.mark.parametrize("name, fmt", [("ages.csv", "csv"), ("ages.jsonl", "jsonl"), ("ages.JSON", "json"),
+                                       ("ages.txt", "table")])
+def test_the_output_file_name_sets_the_format(folder, tmp_path, capsys, name, fmt):
+    output = tmp_path / name
+    run_predict([str(folder / "00.png"), "--detector", "none", "--output", str(output)], capsys)
+    text = output.read_text()
+    if fmt == "csv":
+        assert text.startswith(",".join(predict.CSV_COLUMNS))
+    elif fmt == "json":
+        assert json.loads(text)[0]["image"] == str(folder / "00.png")
+    elif fmt == "jsonl":
+        assert json.loads(text.splitlines()[0])["image"] == str(folder / "00.png")
+    else:
+        assert text.startswith("image")
+
+
+def test_a_format_that_contradicts_the_file_name_is_refused(folder, tmp_path, capsys):
+    code, _, err = run_predict([str(folder / "00.png"), "--format", "table", "--output", str(tmp_path / "a.csv")],
+                               capsys)
+    assert code == 2 and "--format table but --output" in err and "names csv" in err
+    assert not (tmp_path / "a.csv").exists()
+    code, _, _ = run_predict([str(folder / "00.png"), "--detector", "none", "--format", "csv", "--output",
+                              str(tmp_path / "a.txt")], capsys)
+    assert code == 0 and (tmp_path / "a.txt").read_text().startswith("image,face")

@@ -216,14 +216,14 @@ def test_detector_none_warns_once_about_images_that_are_not_crops(tmp_path, caps
 def test_an_unexpected_failure_on_one_image_stays_with_that_image(tmp_path, monkeypatch, capsys):
     for name in ("a.png", "b.png", "c.png"):
         cv2.imwrite(str(tmp_path / name), colourful())
-    load_photo = predict.load_photo
+    open_photo = predict.open_photo
 
-    def exhausted_on_b(path):
+    def exhausted_on_b(path, *args):
         if Path(path).name == "b.png":
             raise MemoryError()
-        return load_photo(path)
+        return open_photo(path, *args)
 
-    monkeypatch.setattr(predict, "load_photo", exhausted_on_b)
+    monkeypatch.setattr(predict, "open_photo", exhausted_on_b)
     code, out, err = run_predict([str(tmp_path), "--format", "jsonl", "--detector", "none"], capsys)
     results = [json.loads(line) for line in out.splitlines()]
     assert code == 1 and [len(item.get("faces", [])) for item in results] == [1, 0, 1]
@@ -266,3 +266,55 @@ def test_a_folder_run_stopped_early_drops_its_queue(monkeypatch):
     started = time.monotonic()
     results.close()
     assert time.monotonic() - started < 0.5 and calls[0] <= 4 * predict.PREPARE_WORKERS
+
+
+def test_annotated_copies_saved_into_an_input_folder_are_not_read_as_photos(tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), colourful(seed=len(name)))
+    cv2.imwrite(str(tmp_path / "beach_annotated.jpg"), colourful(seed=5))  # the user's own photo, so named
+    argv = [str(tmp_path), "--detector", "none", "--format", "jsonl", "--save", str(tmp_path / "annotated")]
+    for _ in range(2):  # the second run finds the first run's copies in the folder it reads
+        code, out, err = run_predict(argv, capsys)
+        assert code == 0, err
+        assert sorted(Path(json.loads(line)["image"]).name for line in out.splitlines()) == \
+            ["a.png", "b.png", "beach_annotated.jpg"]
+    assert sorted(path.name for path in (tmp_path / "annotated").iterdir()) == \
+        ["a_annotated.jpg", "b_annotated.jpg", "beach_annotated_annotated.jpg"]
+    assert cv2.imread(str(tmp_path / "annotated" / "a_annotated.jpg")).shape == (96, 96, 3)  # still a plain JPEG
+
+
+def test_a_missing_path_or_a_url_is_named_once_with_the_reason(tmp_path, capsys):
+    missing = str(tmp_path / "photoz") + "/"
+    code, _, err = run_predict([missing, "--detector", "none"], capsys)
+    assert code == 1 and err == f"error: {missing}: no such file or folder\n"  # named once
+    code, _, err = run_predict(["https://example.com/face.jpg", "--detector", "none"], capsys)
+    assert code == 1 and "URLs are not fetched: download the image first" in err
+
+
+def test_predict_many_refuses_one_image_and_says_how_it_fails(predictor, tmp_path):
+    for one in ("photo.jpg", tmp_path / "photo.jpg", colourful()):
+        with pytest.raises(UserError, match="predict_many takes a list of images.*call predict"):
+            predictor.predict_many(one)
+    assert len(predictor.predict_many(np.stack([colourful(), colourful(seed=1)]))) == 2  # a batch array is a list
+    with pytest.raises(UserError, match="missing.png: no such file"):
+        predictor.predict_many([colourful(), tmp_path / "missing.png"])
+    assert "raises UserError naming it" in predictor.predict_many.__doc__
+
+
+def test_a_folder_scan_reads_every_format_a_named_file_may_be(tmp_path, capsys):
+    from PIL import Image
+
+    rgb = colourful()[:, :, ::-1]
+    for name in ("a.gif", "b.avif", "c.pbm", "d.png"):
+        Image.fromarray(rgb).convert("1" if name.endswith(".pbm") else "RGB").save(tmp_path / name)
+    named = {name: json.loads(run_predict([str(tmp_path / name), "--detector", "none", "--format", "jsonl"],
+                                          capsys)[1]) for name in ("a.gif", "b.avif", "c.pbm", "d.png")}
+    assert all(len(result["faces"]) == 1 for result in named.values()), named  # each works when named
+    code, out, _ = run_predict([str(tmp_path), "--detector", "none", "--format", "jsonl"], capsys)
+    assert code == 0 and [json.loads(line) for line in out.splitlines()] == list(named.values())
+
+
+def test_help_shows_the_min_face_default(capsys):
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--help"])
+    assert "ignore faces smaller than this (default: 0)" in " ".join(capsys.readouterr().out.split())

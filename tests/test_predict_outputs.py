@@ -87,3 +87,21 @@ def test_save_to_one_image_name_for_several_inputs_is_refused(photos, capsys):
     code, _, _ = run_predict([str(photos / "a.png"), "--detector", "none", "--save", str(photos / "made.jpg")], capsys)
     assert code == 0
     assert [p.name for p in (photos / "made.jpg").iterdir()] == ["a_annotated.jpg"]
+
+
+def test_a_reader_that_stops_reading_stops_predict_quietly(tmp_path):
+    """`predict.py photos/ | head -1`: the closed pipe is the reader's choice, not an error to report."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    for number in range(600):  # three chunks: results keep coming after the reader has gone
+        cv2.imwrite(str(tmp_path / f"{number:03d}.png"), colourful(24, 24, seed=number))
+    process = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), str(tmp_path), "--detector", "none",
+                                "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()  # what head does after its line
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and first.startswith(b'{"image"')
+    assert "error" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

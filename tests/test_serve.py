@@ -37,11 +37,9 @@ def group_photo(utkface_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(yunet_path) -> str:
-    """serve.create_app on waitress, on a free loopback port, in a thread of this process; yields its URL."""
-    from waitress import create_server
-
+    """serve.py's app and server, on a free loopback port, in a thread of this process; yields its URL."""
     app = serve.create_app(AgeGenderPredictor(), MAX_UPLOAD_BYTES, MAX_PIXELS)
-    http_server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    http_server = serve.create_http_server(app, "127.0.0.1", 0, 4, MAX_UPLOAD_BYTES)
     thread = threading.Thread(target=http_server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{http_server.effective_port}"
@@ -106,6 +104,30 @@ def test_bad_requests_get_a_json_error(server, send, status, message):
     assert message in response.json()["error"] and "Traceback" not in response.text
 
 
+def test_far_too_large_an_upload_gets_a_json_413_too(server):
+    """Beyond 4x the limit waitress refuses the request before Flask sees it: still JSON, not its text page."""
+    import socket
+
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                           b"Content-Length: %d\r\n\r\n" % (5 * MAX_UPLOAD_BYTES + 2**21))
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 413") and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": f"upload too large (limit {MAX_UPLOAD_BYTES / 2**20:.1f} MB)"}
+
+
+def test_the_page_has_a_favicon(server):
+    page = requests.get(server, timeout=10).text
+    assert 'rel="icon" href="favicon.ico"' in page
+    icon = requests.get(f"{server}/favicon.ico", timeout=10)
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/png"
+    assert cv2.imdecode(np.frombuffer(icon.content, np.uint8), cv2.IMREAD_UNCHANGED).shape == (32, 32, 4)
+
+
 def test_a_truncated_jpeg_is_a_clear_400(server, group_photo):
     data = group_photo.read_bytes()
     response = post_image(server, data[:len(data) // 2], name="cut.jpg")
@@ -134,7 +156,9 @@ def test_command_line_binds_to_loopback_and_reports_a_busy_port(yunet_path):
 def test_help_and_bad_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         serve.main(["--help"])
-    assert exit_info.value.code == 0 and "POST /predict" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "POST /predict" in help_text
+    assert "Why Flask" not in help_text and len(help_text.splitlines()) < 45  # usage; the reasons are in the README
     with pytest.raises(SystemExit) as exit_info:
         serve.parse_args(["--port", "-1"])
     assert exit_info.value.code == 2 and "below the minimum" in capsys.readouterr().err

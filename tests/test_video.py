@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+import annotate
 import predict
 import video
 from build_cache import UTKFACE_NAME
@@ -54,24 +55,36 @@ def run_predict(argv: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def run_video(args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: video.run(args))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def test_output_file_instead_of_stdout(clip, yunet_path, tmp_path, capsys):
-    """predict.py's --output: the lines go to the file (through a temporary file), never onto an input."""
-    args = predict.parse_args([str(clip), "--format", "jsonl", "--max-frames", "4"])
-    args.output = str(tmp_path / "frames.jsonl")
-    code, out, err = run_video(args, capsys)
+    """predict.py's --output: the lines go to the file (through FILE.part), never onto an input."""
+    output = tmp_path / "frames.jsonl"
+    code, out, err = run_predict([str(clip), "--max-frames", "4", "--output", str(output)], capsys)
     assert code == 0 and out == "", err
-    assert [json.loads(line)["frame"] for line in Path(args.output).read_text().splitlines()] == [0, 1, 2, 3]
+    assert [json.loads(line)["frame"] for line in output.read_text().splitlines()] == [0, 1, 2, 3]
     assert sorted(os.listdir(tmp_path)) == ["frames.jsonl"]
-    args.output, before = str(clip), clip.read_bytes()
-    code, _, err = run_video(args, capsys)
+    before = clip.read_bytes()
+    code, _, err = run_predict([str(clip), "--format", "jsonl", "--output", str(clip)], capsys)
     assert code == 1 and "refusing to overwrite the input" in err and clip.read_bytes() == before
+
+
+def test_a_stopped_run_keeps_its_frames_and_resume_is_refused_in_one_line(clip, yunet_path, tmp_path, monkeypatch,
+                                                                           capsys):
+    output = tmp_path / "frames.jsonl"
+    label_frame = video.label_frame
+
+    def stopped_at_frame_5(predictor, tracker, frame, index, mirrored=False):
+        if index == 5:
+            raise KeyboardInterrupt  # Ctrl-C
+        return label_frame(predictor, tracker, frame, index, mirrored)
+
+    monkeypatch.setattr(video, "label_frame", stopped_at_frame_5)
+    code, _, err = run_predict([str(clip), "--output", str(output)], capsys)
+    part = tmp_path / "frames.jsonl.part"
+    assert code == 130 and not output.exists() and err.strip().splitlines()[-1] == "error: interrupted"
+    assert [json.loads(line)["frame"] for line in part.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    code, _, err = run_predict([str(clip), "--output", str(output), "--resume"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "--resume is for photos" in err and str(part) in err
+    assert len(part.read_text().splitlines()) == 5 and sorted(os.listdir(tmp_path)) == ["frames.jsonl.part"]
 
 
 def test_faces_are_tracked_across_frames_with_steady_labels(clip, yunet_path, capsys):
@@ -102,6 +115,33 @@ def test_faces_are_tracked_across_frames_with_steady_labels(clip, yunet_path, ca
     assert np.abs(np.diff(smoothed)).mean() < np.abs(np.diff(top_row_raw)).mean()
     for faces in by_track.values():
         assert len({f["gender"] for f in faces[3:]}) == 1  # no flicker once the track has settled
+
+
+@pytest.fixture(scope="module")
+def panning_clip(utkface_dir, tmp_path_factory) -> Path:
+    """2 s at 25 fps of a camera panning across one still photo of a small child (whose P(male) from the
+    model wanders about 0.5 as the face moves across the view: labels without hysteresis changed 5 times)."""
+    chip = next(path for path in utkface_dir.iterdir() if path.name.startswith("3_1_2_20161219162958110"))
+    scene = np.full((480, 1200, 3), 150, np.uint8)
+    scene[:, 600:] = (80, 130, 70)
+    scene[140:340, 500:700] = cv2.resize(cv2.imread(str(chip)), (200, 200), interpolation=cv2.INTER_AREA)
+    path = tmp_path_factory.mktemp("pan") / "pan.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 480))
+    for frame in range(50):
+        writer.write(np.ascontiguousarray(scene[:, 20 + 10 * frame:660 + 10 * frame]))  # 10 px to the right
+    writer.release()
+    return path
+
+
+def test_a_still_face_in_a_panning_clip_keeps_one_gender(panning_clip, yunet_path, capsys):
+    code, out, err = run_predict([str(panning_clip), "--format", "jsonl"], capsys)
+    assert code == 0, err
+    faces = [face for line in out.splitlines() for face in json.loads(line)["faces"]]
+    assert len(faces) == 50 and {face["track"] for face in faces} == {1}
+    assert len({face["gender"] for face in faces}) == 1, "".join(face["gender"][0] for face in faces)
+    for face in faces:  # the confidence is that of the gender shown, even while P(male) is on the other side
+        assert face["gender_confidence"] == pytest.approx(face["p_male"] if face["gender"] == "male"
+                                                          else 1 - face["p_male"], abs=1e-3)
 
 
 def test_json_summary_with_every(clip, yunet_path, capsys):
@@ -178,9 +218,7 @@ def test_missing_webcam_and_wrong_combinations_are_one_line(clip, yunet_path, tm
                           ([str(clip), str(photo)], "one video at a time")]:
         code, _, err = run_predict(argv, capsys)
         assert code == 1 and message in err, argv
-    args = predict.parse_args([str(clip)])
-    args.format = "csv"  # photos only (predict.py's --format csv)
-    code, _, err = run_video(args, capsys)
+    code, _, err = run_predict([str(clip), "--format", "csv"], capsys)
     assert code == 1 and "--format csv is for photos" in err
     with pytest.raises(SystemExit) as exit_info:
         predict.parse_args([])
@@ -232,7 +270,7 @@ def test_a_face_that_jumps_or_changes_size_starts_a_new_track():
     assert tracker.update([face_at(100, 100)], one, np.array([0.5]), 0)[0].number == 1
     assert tracker.update([face_at(400, 100)], one, np.array([0.5]), 1)[0].number == 2  # 3 face widths away
     assert tracker.update([face_at(400, 100, side=300)], one, np.array([0.5]), 2)[0].number == 3  # 3x larger
-    assert video.clipped_box((-5.6, 470.2, 30, 30), 640, 480) == [0, 470, 24, 10]
+    assert annotate.clipped_box((-5.6, 470.2, 30, 30), 640, 480) == [0, 470, 24, 10]
 
 
 def test_webcam_stream_with_a_frame_limit_and_a_camera_that_stops(clip, yunet_path, tmp_path, monkeypatch, capsys):
@@ -255,3 +293,23 @@ def test_webcam_stream_with_a_frame_limit_and_a_camera_that_stops(clip, yunet_pa
     assert code == 1 and err.strip().endswith(f"error: webcam 0 stopped delivering frames after {FRAMES}")
     assert summary["frames_read"] == FRAMES and summary["error"] == f"webcam 0 stopped delivering frames after {FRAMES}"
     assert len(summary["tracks"]) == 2
+
+
+def test_options_that_do_nothing_are_warned_about(clip, tmp_path, capsys):
+    code, out, err = run_predict([str(clip), "--detector", "none", "--max-frames", "2", "--json"], capsys)
+    assert code == 0 and "warning: --detector none takes every frame as one cropped face" in err
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.full((96, 96, 3), 128, np.uint8))
+    for option in (["--every", "3"], ["--max-frames", "5"]):
+        code, _, err = run_predict([str(photo), "--detector", "none", *option], capsys)
+        assert code == 0 and err.strip() == "warning: --every and --max-frames are for videos and the webcam: " \
+                                            "each photo is done once"
+
+
+@pytest.mark.parametrize("argv", [["clip.mp4"], ["--help"]])
+def test_video_py_run_as_a_script_points_to_predict_py(argv):
+    result = subprocess.run([sys.executable, str(ROOT / "video.py"), *argv], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: video.py has no command line of its own: run python predict.py CLIP.mp4 "
+                             "(python predict.py --help lists the video options)\n")
