@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from faces import Face, quiet_opencv
-from predict import AgeGenderPredictor, age_gender_fields, annotate, clipped_box
+from predict import AgeGenderPredictor, annotate, clipped_box
 from utils import UserError, atomic_path, check_output_file, finite_json
 
 SAVE_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
@@ -71,11 +71,11 @@ class Track:
         self.p_male_sum += p_male
         self.frames += 1
 
-    def summary(self, fps: float) -> dict:
+    def summary(self, fps: float, predictor: AgeGenderPredictor) -> dict:
         return {"track": self.number, "first_frame": self.first_frame, "last_frame": self.last_frame,
                 "first_time_s": round(self.first_frame / fps, 3), "last_time_s": round(self.last_frame / fps, 3),
                 "frames": self.frames,
-                **age_gender_fields(self.age_probs_sum / self.frames, self.p_male_sum / self.frames)}
+                **predictor.face_fields([self.age_probs_sum / self.frames], [self.p_male_sum / self.frames])[0]}
 
 
 def centre_distance(track_box, face_box) -> float:
@@ -119,10 +119,10 @@ class FaceTracker:
         return [track_of_face[f] for f in range(len(faces))]
 
 
-def face_entries(tracks: list[Track], width: int, height: int) -> list[dict]:
+def face_entries(predictor: AgeGenderPredictor, tracks: list[Track], width: int, height: int) -> list[dict]:
     """The per-face JSON of one frame: the detection's box and score, the track's smoothed age and gender."""
     return [{"track": track.number, "index": index, "box": clipped_box(track.box, width, height),
-             "score": round(track.score, 3), **age_gender_fields(track.age_probs, track.p_male)}
+             "score": round(track.score, 3), **predictor.face_fields([track.age_probs], [track.p_male])[0]}
             for index, track in enumerate(tracks)]
 
 
@@ -233,7 +233,7 @@ def process_video(predictor: AgeGenderPredictor, source: str | int, every: int =
         elif expected and stopped_early and frames_read + 1 < expected:  # +1: some containers estimate their count
             error = f"{name}: video ends after {frames_read} of {expected} frames (truncated or damaged)"
     summary = {"image": name, "frames_read": frames_read, "frames_processed": frames_processed,
-               "fps": round(fps, 3), "tracks": [track.summary(fps) for track in tracker.tracks]}
+               "fps": round(fps, 3), "tracks": [track.summary(fps, predictor) for track in tracker.tracks]}
     return {**summary, "error": error} if error else summary
 
 
@@ -252,7 +252,7 @@ def label_frame(predictor: AgeGenderPredictor, tracker: FaceTracker, frame: np.n
     else:
         age_probs, p_male = np.zeros((0, 101)), np.zeros(0)
     tracks = tracker.update(found, age_probs, p_male, index)
-    return face_entries(tracks, frame.shape[1], frame.shape[0])
+    return face_entries(predictor, tracks, frame.shape[1], frame.shape[0])
 
 
 def print_tracks(summary: dict, out: TextIO) -> None:
@@ -283,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
         if output:
             temp_path = stack.enter_context(atomic_path(check_output_file(output, [args.save, *args.paths])))
             out = stack.enter_context(open(temp_path, "w"))
-        predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+        predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face,
+                                       args.min_gender_confidence)
         stream = (lambda frame: print(finite_json(frame), file=out, flush=True)) if output_format == "jsonl" else None
         summary = process_video(predictor, source, args.every, args.max_frames, args.save, stream,
                                 show=args.webcam is not None)
