@@ -61,7 +61,8 @@ SPLIT_HINT = ("calibrate.py fits on the validation split of split.csv: give the 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True,
-                        help="the exported model to fit on (model.int8.onnx: what predict.py runs), split.csv beside it")
+                        help="the exported model to fit on (model.int8.onnx: what predict.py runs), "
+                             "split.csv beside it")
     add_source_arguments(parser, "the caches the model was trained on (their validation rows are used)")
     parser.add_argument("--dry-run", action="store_true", help="fit and print the figures, write nothing")
     parser.add_argument("--batch-size", type=positive_int, default=128,
@@ -260,11 +261,11 @@ def main(argv=None) -> int:
     temperatures = fit(faces, age_probs, male_probs)
     figures = figures_by_source(faces, age_probs, male_probs, temperatures)
     print(describe(figures))
-    held = temperatures["age_temperature"] != temperatures["age_temperature_best_fit"]
-    print(f"gender temperature {temperatures['gender_temperature']:.3f}, age temperature "
-          f"{temperatures['age_temperature']:.3f}" + (f" (best fit {temperatures['age_temperature_best_fit']:.3f}, held "
-                                                      f"back: it made an age MAE worse by more than {MAX_MAE_INCREASE} "
-                                                      "years)" if held else ""))
+    best_fit = temperatures["age_temperature_best_fit"]
+    held_back = (f" (best fit {best_fit:.3f}, held back: it made an age MAE worse by more than {MAX_MAE_INCREASE} "
+                 "years)") if temperatures["age_temperature"] != best_fit else ""
+    print(f"gender temperature {temperatures['gender_temperature']:.3f}, "
+          f"age temperature {temperatures['age_temperature']:.3f}{held_back}")
     if args.dry_run:
         return 0
     calibration = {

@@ -250,7 +250,8 @@ def reliability_metrics(scored: pd.DataFrame) -> dict:
     has_age = ~np.isnan(age) & ~np.isnan(male_prob)
     figures = {"gender_ece": gender_ece(male_prob[has_gender], gender[has_gender] >= 0.5)}
     for mass in COVERAGE_MASSES:
-        low, high = (scored[f"{end}{range_suffix(mass)}"].to_numpy(np.float64)[has_age] for end in ("age_low", "age_high"))
+        low, high = (scored[f"{end}{range_suffix(mass)}"].to_numpy(np.float64)[has_age]
+                     for end in ("age_low", "age_high"))
         figures[f"range{round(100 * mass)}_coverage"] = range_coverage(low, high, age[has_age])
     return figures
 
@@ -464,7 +465,8 @@ def main(argv=None) -> int:
     overall = table_metrics(scored)
     per_source = groups[groups["by"] == "all"].drop(columns=["by", "group"])
     if args.json:
-        document = {**overall, "split": args.split, "unreadable": len(unreadable), "calibrated": calibration is not None,
+        document = {**overall, "split": args.split, "unreadable": len(unreadable),
+                    "calibrated": calibration is not None,
                     "sources": {row.pop("source"): row for row in per_source.to_dict("records")},
                     "abstention": abstention_table(scored).to_dict("records")}
         if args.groups:
@@ -484,7 +486,8 @@ def main(argv=None) -> int:
     if args.groups:
         print()
         print(format_table(groups[groups["by"] != "all"]))
-    print(f"plots: {', '.join(str(path) for path in [out_dir / 'pred_vs_true.png', out_dir / 'error_by_age.png', *diagrams])}")
+    plots = [out_dir / "pred_vs_true.png", out_dir / "error_by_age.png", *diagrams]
+    print(f"plots: {', '.join(str(path) for path in plots)}")
     return 0
 
 

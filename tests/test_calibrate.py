@@ -10,7 +10,7 @@ import onnx
 import pandas as pd
 import pytest
 from conftest import ROOT
-from test_confidence import BINS, draw, gaussian_ages, sigmoid
+from test_confidence import draw, gaussian_ages, sigmoid
 
 import build_cache
 import calibrate

@@ -421,8 +421,8 @@ def test_reliability_figures_match_the_hand_computation(known, tmp_path, capsys,
         assert strict_json(run_evaluate(argv + ["--json", "--uncalibrated"], capsys)[1])["gender_ece"] == \
             pytest.approx(expected_reliability(scored_rows(ROWS))["gender_ece"], abs=1e-4)
     # --min-gender-confidence: the share of faces answered and their accuracy, by hand at P = 0.8
-    answers = [((r["male_probability"] >= 0.5) == (r["gender"] == 1), max(r["male_probability"], 1 - r["male_probability"]))
-               for r in scored_rows(ROWS) if r["gender"] == r["gender"]]
+    answers = [((r["male_probability"] >= 0.5) == (r["gender"] == 1),
+                max(r["male_probability"], 1 - r["male_probability"])) for r in scored_rows(ROWS) if r["gender"] == r["gender"]]
     at_08 = next(row for row in document["abstention"] if row["min_gender_confidence"] == 0.8)
     if not calibrated:
         answered = [right for right, confidence in answers if round(confidence, 3) >= 0.8]
