@@ -9,17 +9,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-AGE_RANGE_QUANTILES = (0.16, 0.84)  # the central 68% of the age distribution, like +-1 standard deviation
+from confidence import age_range
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-COLOURS = {"female": (60, 60, 230), "male": (230, 140, 40)}  # BGR
+COLOURS = {"female": (60, 60, 230), "male": (230, 140, 40), "unknown": (130, 130, 130)}  # BGR
+GENDER_MARKS = {"female": "F", "male": "M", "unknown": "?"}
 
 
 def age_gender_fields(age_probs: np.ndarray, p_male: float, gender: str | None = None) -> dict:
     """A face's JSON fields from the model's age distribution (101 probabilities) and P(male). The gender is
     the likelier one unless given (a video track holds its gender until the evidence is clear); its
     confidence is the probability of the gender reported."""
-    cumulative = np.cumsum(age_probs)
-    low, high = (float(np.argmax(cumulative >= q)) for q in AGE_RANGE_QUANTILES)
+    low, high = (float(bound) for bound in age_range(age_probs))
     gender = gender or ("male" if p_male >= 0.5 else "female")
     confidence = p_male if gender == "male" else 1 - p_male
     return {"age": round(float(age_probs @ np.arange(len(age_probs))), 1), "age_range": [low, high],
@@ -33,6 +34,10 @@ def clipped_box(box: tuple[float, float, float, float], width: int, height: int)
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+def withhold_gender(face: dict, min_gender_confidence: float) -> dict:
+    """face with gender "unknown" when its gender_confidence is below min_gender_confidence (0: never);
+    gender_confidence and p_male stay, so a reader sees how unsure the model was."""
+    return {**face, "gender": "unknown"} if face["gender_confidence"] < min_gender_confidence else face
 
 
 def rectangles_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -52,7 +57,7 @@ def label_layout(image_shape: tuple, faces: list[dict]) -> list[dict]:
     for number, face in enumerate(faces):
         x, y, w, h = boxes[number]
         others = boxes[:number] + boxes[number + 1:]
-        short = f"{face['index']} {face['gender'][0].upper()} {face['age']:.0f}"
+        short = f"{face['index']} {GENDER_MARKS[face['gender']]} {face['age']:.0f}"
         long = f"{short} ({face['age_range'][0]:.0f}-{face['age_range'][1]:.0f})"
         font_scale = min(2.5, max(0.45, min(w, h) / 180))
         label = None

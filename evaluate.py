@@ -17,14 +17,23 @@ it has a gender (LFW has gender only); unreadable images are counted and skipped
 on ONNX Runtime, like predict.py; a .keras model needs Keras. The realistic check is real photos: LFW
 people held out by identity (gender, adults, news photos) next to UTKFace's test split by age band.
 
-Writes pred_vs_true.png and error_by_age.png (age MAE by age band, gender accuracy by age band x
-gender, one row per source) into --out.
+The figures are those predict.py reports: with the temperatures calibrate.py put in the model card
+(--uncalibrated: without them). Reliability, per source: gender ECE (the reported gender's confidence
+in bins 0.5-0.6-0.7-0.8-0.9-0.95-1.0, the gap between confidence and accuracy in each, weighted by its
+faces), how often the central 68% age range (predict.py's age_range) and the central 95% one hold the
+true age, and what predict.py --min-gender-confidence P trades: the share of faces given a gender and
+the accuracy on those, for P from 0.5 (always) to 0.95.
+
+Writes pred_vs_true.png, error_by_age.png (age MAE by age band, gender accuracy by age band x
+gender, one row per source) and reliability_SOURCE.png (a reliability diagram of the gender's
+confidence and the age ranges' coverage against their size, per source) into --out.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +44,8 @@ import pandas as pd
 
 from generator import (AGE_BANDS, add_source_arguments, age_band, check_source_arguments, frame_row,
                        load_sources)
+from confidence import (AGE_RANGE_MASS, COVERAGE_MASSES, age_range, calibrated, expected_age, gender_ece,
+                        range_coverage, reliability_bins)
 from model_card import read_card
 from utils import HelpFormatter, UserError, atomic_path, finite_json, positive_int, run_cli
 
@@ -42,6 +53,8 @@ SPLITS = ["test", "val", "train", "all"]
 NO_AGE, NO_GENDER = "age unknown", "gender unknown"
 RACES = ["White", "Black", "Asian", "Indian", "Others"]  # UTKFace's race codes 0..4
 CS_YEARS = 5  # CS@5: the share of faces whose age is off by at most 5 years
+AGE_BINS = 101  # the model's age distribution: 0..100 years
+MIN_GENDER_CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # predict.py --min-gender-confidence values reported
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="faces per model call (each is run with its mirror image too)")
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="threads decoding images")
     parser.add_argument("--out", help="folder for the plots (default: the model's folder)")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="score the model's raw outputs, without the temperatures calibrate.py put in its card")
     args = parser.parse_args(argv)
     check_source_arguments(parser, args)
     return args
@@ -108,19 +123,20 @@ def keras_runner(model) -> Callable[[np.ndarray], dict]:
     return run
 
 
-def predict_table(run: Callable[[np.ndarray], dict], table: pd.DataFrame, root: str | Path, size: int,
-                  framing: dict | None = None, batch_size: int = 128, workers: int = 2) -> pd.DataFrame:
-    """Predicted age (years) and P(male) for every row of a cache table, with the table's index; NaN
-    for rows whose image is missing or unreadable. Each face's outputs are averaged with its mirror
-    image's (predict.mirror_average). Images are decoded by a thread pool, a chunk ahead of the model."""
+def model_outputs(run: Callable[[np.ndarray], dict], table: pd.DataFrame, root: str | Path, size: int,
+                  framing: dict | None = None, batch_size: int = 128, workers: int = 2
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(age distributions N x 101, P(male) N) for the N rows of a cache table, in order, as the model
+    gives them (uncalibrated); NaN for rows whose image is missing or unreadable. Each face's outputs
+    are averaged with its mirror image's (predict.mirror_average). Images are decoded by a thread pool,
+    a chunk ahead of the model."""
     from tqdm import tqdm
 
-    from generator import frame_row
     from predict import mirror_average
 
     root = Path(root)
     records = table.to_dict("records")
-    predictions = np.full((len(records), 2), np.nan)
+    age_probs, male_probs = np.full((len(records), AGE_BINS), np.nan), np.full(len(records), np.nan)
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(records), desc="evaluate", unit="face") as progress:
         def submit(start: int) -> list:
             return [pool.submit(frame_row, record, root, size, framing=framing)
@@ -134,10 +150,34 @@ def predict_table(run: Callable[[np.ndarray], dict], table: pd.DataFrame, root: 
             if readable:
                 outputs = mirror_average(run, np.stack([crops[position] for position in readable]))
                 rows = start + np.array(readable)
-                predictions[rows, 0] = outputs["age"] @ np.arange(outputs["age"].shape[1])
-                predictions[rows, 1] = outputs["gender"][:, 0]
+                age_probs[rows], male_probs[rows] = outputs["age"], outputs["gender"][:, 0]
             progress.update(len(crops))
-    return pd.DataFrame(predictions, index=table.index, columns=["predicted_age", "male_probability"])
+    return age_probs, male_probs
+
+
+def predictions_frame(age_probs: np.ndarray, male_probs: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    """Per row: predicted_age (the distribution's mean), male_probability, and the central 68% and 95%
+    age ranges as predict.py reports them (age_low, age_high; age_low_95, age_high_95), all NaN for a
+    row without outputs."""
+    readable = ~np.isnan(male_probs)
+    columns = {"predicted_age": expected_age(age_probs), "male_probability": male_probs}
+    for mass in COVERAGE_MASSES:
+        low, high = age_range(age_probs, mass)
+        columns[f"age_low{range_suffix(mass)}"] = np.where(readable, low, np.nan)
+        columns[f"age_high{range_suffix(mass)}"] = np.where(readable, high, np.nan)
+    return pd.DataFrame(columns, index=index)
+
+
+def range_suffix(mass: float) -> str:
+    """"" for predict.py's range (as its CSV names age_low, age_high), else "_95" and so on."""
+    return "" if mass == AGE_RANGE_MASS else f"_{round(100 * mass)}"
+
+
+def predict_table(run: Callable[[np.ndarray], dict], table: pd.DataFrame, root: str | Path, size: int,
+                  framing: dict | None = None, batch_size: int = 128, workers: int = 2) -> pd.DataFrame:
+    """predictions_frame of model_outputs: predicted age, P(male) and age ranges for every row of a
+    cache table, with the table's index (uncalibrated)."""
+    return predictions_frame(*model_outputs(run, table, root, size, framing, batch_size, workers), table.index)
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -169,8 +209,54 @@ def face_metrics(age_true, age_pred, gender_true, male_prob) -> dict:
 
 
 def table_metrics(scored: pd.DataFrame) -> dict:
-    """face_metrics of cache rows joined with predict_table's columns."""
-    return face_metrics(scored["age"], scored["predicted_age"], scored["gender"], scored["male_probability"])
+    """face_metrics and reliability_metrics of cache rows joined with predict_table's columns."""
+    return {**face_metrics(scored["age"], scored["predicted_age"], scored["gender"], scored["male_probability"]),
+            **reliability_metrics(scored)}
+
+
+def abstention_table(scored: pd.DataFrame) -> pd.DataFrame:
+    """What predict.py --min-gender-confidence P trades, per source (and all sources where there are
+    several) and P in MIN_GENDER_CONFIDENCES: the share of faces with a gender that get one (answered)
+    and the accuracy over those (NaN where none is answered)."""
+    has_gender = scored["gender"].notna() & scored["male_probability"].notna()
+    parts = [("all", scored[has_gender])] if scored.loc[has_gender, "source"].nunique() > 1 else []
+    parts += list(scored[has_gender].groupby("source", sort=False))
+    rows = []
+    for source, part in parts:
+        male_prob = part["male_probability"].to_numpy(np.float64)
+        right = (male_prob >= 0.5) == (part["gender"].to_numpy(np.float64) >= 0.5)
+        # compared as predict.py reports the confidence, to 3 decimals
+        confidence = np.round(np.maximum(male_prob, 1 - male_prob), 3)
+        for threshold in MIN_GENDER_CONFIDENCES:
+            answered = confidence >= threshold
+            rows.append({"source": source, "min_gender_confidence": threshold, "answered": _mean(answered),
+                         "accuracy": _mean(right[answered])})
+    return pd.DataFrame(rows)
+
+
+def format_abstention(abstention: pd.DataFrame) -> str:
+    """One line per source: "answered / accuracy" under each --min-gender-confidence."""
+    cells = abstention.assign(cell=[f"{answered:.3f} / " + ("-" if math.isnan(accuracy) else f"{accuracy:.3f}")
+                                    for answered, accuracy in zip(abstention["answered"], abstention["accuracy"])])
+    table = cells.pivot(index="source", columns="min_gender_confidence", values="cell")
+    table = table.loc[list(dict.fromkeys(abstention["source"]))]  # sources in report order
+    table.columns = [f"P={threshold:g}" for threshold in table.columns]
+    return table.rename_axis(None).to_string()
+
+
+def reliability_metrics(scored: pd.DataFrame) -> dict:
+    """How far the reported confidence holds: gender_ece (confidence.gender_ece, over faces with a
+    gender) and range68_coverage, range95_coverage: the share of faces with an age whose true age lies
+    in the central 68% (predict.py's age_range) or 95% of the predicted age distribution. NaN over no faces."""
+    age, gender, male_prob = (scored[column].to_numpy(np.float64) for column in ("age", "gender", "male_probability"))
+    has_gender = ~np.isnan(gender) & ~np.isnan(male_prob)
+    has_age = ~np.isnan(age) & ~np.isnan(male_prob)
+    figures = {"gender_ece": gender_ece(male_prob[has_gender], gender[has_gender] >= 0.5)}
+    for mass in COVERAGE_MASSES:
+        low, high = (scored[f"{end}{range_suffix(mass)}"].to_numpy(np.float64)[has_age]
+                     for end in ("age_low", "age_high"))
+        figures[f"range{round(100 * mass)}_coverage"] = range_coverage(low, high, age[has_age])
+    return figures
 
 
 def group_labels(scored: pd.DataFrame) -> dict[str, tuple[pd.Series, list[str]]]:
@@ -240,13 +326,19 @@ def sources_in_split(caches: list[str], roots: list[str], split_paths: set[str] 
 
 # --- reports ------------------------------------------------------------------------------------
 
-def format_table(frame: pd.DataFrame) -> str:
-    columns = {"n": "n", "n_age": "n age", "age_mae": "MAE", "cs5": "CS@5", "band_exact": "band",
-               "band_within_1": "band+-1", "n_gender": "n gender", "gender_accuracy": "gender acc",
-               "female_accuracy": "female", "male_accuracy": "male"}
-    shown = frame[[c for c in frame.columns if c not in columns] + list(columns)].rename(columns=columns)
+ACCURACY_COLUMNS = {"n": "n", "n_age": "n age", "age_mae": "MAE", "cs5": "CS@5", "band_exact": "band",
+                    "band_within_1": "band+-1", "n_gender": "n gender", "gender_accuracy": "gender acc",
+                    "female_accuracy": "female", "male_accuracy": "male"}
+RELIABILITY_COLUMNS = {"n_gender": "n gender", "gender_ece": "gender ECE", "n_age": "n age",
+                       "range68_coverage": "68% range covers", "range95_coverage": "95% range covers"}
+
+
+def format_table(frame: pd.DataFrame, columns: dict[str, str] = ACCURACY_COLUMNS) -> str:
+    """The rows' labels (source, by, group where present) and the metric columns named in `columns`."""
+    labels = [column for column in ("source", "by", "group") if column in frame]
+    shown = frame[labels + list(columns)].rename(columns=columns)
     formats = {name: "{:.2f}".format if name == "MAE" else "{:.3f}".format
-               for name in ("MAE", "CS@5", "band", "band+-1", "gender acc", "female", "male")}
+               for name in shown.columns if name not in labels and not name.startswith("n")}
     return shown.to_string(index=False, na_rep="-", formatters=formats)
 
 
@@ -290,6 +382,53 @@ def plot_results(scored: pd.DataFrame, groups: pd.DataFrame, out_dir: Path) -> N
     _save(figure, out_dir / "error_by_age.png")
 
 
+def plot_reliability(scored: pd.DataFrame, age_probs: np.ndarray, out_dir: Path) -> list[Path]:
+    """reliability_SOURCE.png per source: the reported gender's accuracy against its confidence (per
+    confidence bin, the ECE's bins), and how often the central range of each size holds the true age
+    against that size (both on the diagonal for a model whose confidence means what it says).
+    age_probs: the age distributions of scored's rows, in its order. Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    masses = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, AGE_RANGE_MASS, 0.8, 0.9, 0.95])
+    written = []
+    for source, part in scored.groupby("source", sort=False):
+        figure, (gender_axis, age_axis) = plt.subplots(1, 2, figsize=(11, 4.8))
+        has_gender = part["gender"].notna() & part["male_probability"].notna()
+        bins = reliability_bins(part.loc[has_gender, "male_probability"], part.loc[has_gender, "gender"] >= 0.5)
+        filled = [entry for entry in bins if entry["n"]]
+        gender_axis.bar([entry["low"] for entry in bins], [entry["accuracy"] for entry in bins],
+                        width=[entry["high"] - entry["low"] for entry in bins], align="edge", edgecolor="black",
+                        alpha=0.7, label="accuracy in the bin")
+        gender_axis.plot([entry["confidence"] for entry in filled], [entry["accuracy"] for entry in filled], "o",
+                         color="black", label="(mean confidence, accuracy)")
+        for entry in filled:
+            gender_axis.text((entry["low"] + entry["high"]) / 2, 0.42, str(entry["n"]), ha="center", fontsize=8)
+        gender_axis.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", label="perfect calibration")
+        ece = gender_ece(part.loc[has_gender, "male_probability"], part.loc[has_gender, "gender"] >= 0.5)
+        gender_axis.set(xlim=(0.5, 1), ylim=(0.4, 1.02), xlabel="confidence of the reported gender",
+                        ylabel="share right", title=f"{source}: gender (ECE {ece:.3f}; faces per bin at the foot)")
+        gender_axis.legend(loc="upper left", fontsize=8)
+        has_age = (part["age"].notna() & part["male_probability"].notna()).to_numpy()
+        rows = part.index.to_numpy()[has_age]  # scored's index counts its rows, as age_probs does
+        if rows.size:
+            true_age = scored["age"].to_numpy(np.float64)[rows]
+            coverage = [range_coverage(*age_range(age_probs[rows], mass), true_age) for mass in masses]
+            age_axis.plot(masses, coverage, "o-", label=f"{rows.size} faces with an age")
+            age_axis.legend(loc="upper left", fontsize=8)
+        else:  # a gender-only source such as LFW
+            age_axis.text(0.5, 0.5, "no faces with an age", ha="center", transform=age_axis.transAxes)
+        age_axis.plot([0, 1], [0, 1], color="grey", linestyle="--")
+        age_axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="size of the central age range (68%: predict.py's range)",
+                     ylabel="share of true ages inside", title=f"{source}: age range coverage")
+        path = out_dir / f"reliability_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(source))}.png"
+        _save(figure, path)
+        written.append(path)
+    return written
+
+
 def _save(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -312,9 +451,12 @@ def main(argv=None) -> int:
     sources = sources_in_split(args.cache, args.root, read_split(model_path, args.split), args.split)
     if args.split == "test":
         print("note: test split: report, don't tune (choose models and settings on --split val)", file=sys.stderr)
-    scored = pd.concat([table.join(predict_table(run, table, root, card["input"]["size"], framing=card["framing"],
-                                                 batch_size=args.batch_size, workers=args.workers))
-                        for table, root in sources], ignore_index=True)
+    calibration = None if args.uncalibrated else card.get("calibration")  # what predict.py reports
+    outputs = [calibrated(*model_outputs(run, table, root, card["input"]["size"], framing=card["framing"],
+                                         batch_size=args.batch_size, workers=args.workers), calibration)
+               for table, root in sources]
+    scored = pd.concat([table.join(predictions_frame(age_probs, male_probs, table.index))
+                        for (table, _), (age_probs, male_probs) in zip(sources, outputs)], ignore_index=True)
     unreadable = scored.loc[scored["predicted_age"].isna(), "path"].tolist()
     if len(unreadable) == len(scored):
         raise UserError(f"none of the {len(scored)} images could be read (e.g. {unreadable[0]}): is --root right?")
@@ -322,22 +464,33 @@ def main(argv=None) -> int:
         print(f"warning: skipped {len(unreadable)} unreadable images, e.g. {unreadable[0]}", file=sys.stderr)
     groups = group_table(scored)
     plot_results(scored, groups, out_dir)
+    diagrams = plot_reliability(scored, np.concatenate([age_probs for age_probs, _ in outputs]), out_dir)
     overall = table_metrics(scored)
     per_source = groups[groups["by"] == "all"].drop(columns=["by", "group"])
     if args.json:
         document = {**overall, "split": args.split, "unreadable": len(unreadable),
-                    "sources": {row.pop("source"): row for row in per_source.to_dict("records")}}
+                    "calibrated": calibration is not None,
+                    "sources": {row.pop("source"): row for row in per_source.to_dict("records")},
+                    "abstention": abstention_table(scored).to_dict("records")}
         if args.groups:
             document["groups"] = groups[groups["by"] != "all"].to_dict("records")
         print(finite_json(document))
         return 0
     print(f"faces scored: {overall['n']} of {len(scored)} ({len(unreadable)} unreadable), split: {args.split}")
-    print(format_table(pd.concat([pd.DataFrame([{"source": "all", **overall}]), per_source])
-                       if len(per_source) > 1 else per_source))
+    summary = pd.concat([pd.DataFrame([{"source": "all", **overall}]), per_source]) if len(per_source) > 1 \
+        else per_source
+    print(format_table(summary))
+    print("\nreliability, " + ("with the temperatures in the model card" if calibration else
+                               "uncalibrated (--uncalibrated)" if card.get("calibration") else
+                               "uncalibrated (the model card holds no calibration: calibrate.py fits it)"))
+    print(format_table(summary, RELIABILITY_COLUMNS))
+    print("\n--min-gender-confidence P: share of faces given a gender / accuracy on those")
+    print(format_abstention(abstention_table(scored)))
     if args.groups:
         print()
         print(format_table(groups[groups["by"] != "all"]))
-    print(f"plots: {out_dir / 'pred_vs_true.png'}, {out_dir / 'error_by_age.png'}")
+    plots = [out_dir / "pred_vs_true.png", out_dir / "error_by_age.png", *diagrams]
+    print(f"plots: {', '.join(str(path) for path in plots)}")
     return 0
 
 

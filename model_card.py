@@ -5,7 +5,9 @@
 
 train.py writes it beside the model (model.json, for people to read) and export.py embeds it in the
 ONNX file's metadata_props, so a model file carries its own card. predict.py and evaluate.py take the
-input size, the framing and the detector threshold from it, never from their own constants.
+input size, the framing and the detector threshold from it, never from their own constants, and the
+calibration temperatures where calibrate.py has fitted them (optional: without them a model predicts
+as trained).
 """
 from __future__ import annotations
 
@@ -21,13 +23,15 @@ FORMAT_VERSION = 2
 CARD_FILE = "model.json"
 ONNX_METADATA_KEY = "age_gender_card"
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512
+CALIBRATION_TEMPERATURES = ("age_temperature", "gender_temperature")  # confidence.calibrated applies them
+TEMPERATURE_RANGE = (0.05, 20.0)  # calibrate.py searches here; beyond, a model's outputs would be all or nothing
 
 
 def validate_card(card: Any, source: str | os.PathLike = "model card") -> dict:
     """The card itself if it has every field prediction needs, with sane values; UserError otherwise."""
-    def check(condition: bool, what: str) -> None:
+    def check(condition: bool, what: str, advice: str = "re-export the model with export.py") -> None:
         if not condition:
-            raise UserError(f"{source}: invalid model card ({what}); re-export the model with export.py")
+            raise UserError(f"{source}: invalid model card ({what}); {advice}")
 
     check(isinstance(card, dict), "not a JSON object")
     version = card.get("format_version")
@@ -51,6 +55,14 @@ def validate_card(card: Any, source: str | os.PathLike = "model card") -> dict:
     detector = card.get("detector")
     check(isinstance(detector, dict) and _is_number(detector.get("score_threshold"))
           and 0 < detector["score_threshold"] < 1, "detector.score_threshold must be a number in (0, 1)")
+    if "calibration" in card:  # optional: a card without it (older models) predicts uncalibrated
+        calibration = card["calibration"]
+        advice = "run calibrate.py on the model again"
+        check(isinstance(calibration, dict), "calibration is not an object", advice)
+        for name in CALIBRATION_TEMPERATURES:
+            low, high = TEMPERATURE_RANGE
+            check(_is_number(calibration.get(name)) and low <= calibration[name] <= high,
+                  f"calibration.{name} {calibration.get(name)!r} is not a number in {low}..{high}", advice)
     return card
 
 

@@ -4,6 +4,7 @@
     python predict.py photos/ --format jsonl --output ages.jsonl  # streamed, one line per image; --resume
     python predict.py photo.jpg --save annotated.jpg            # a numbered, labelled box on each face
     python predict.py faces/ --detector none                    # each image is already one cropped face
+    python predict.py photos/ --min-gender-confidence 0.9       # gender "unknown" where the model is less sure
     python predict.py --fetch-detector                          # download YuNet once (then works offline)
 
 From Python (the repository on sys.path):
@@ -13,7 +14,7 @@ From Python (the repository on sys.path):
 
 Faces are found with YuNet (or OpenCV's Haar cascade when YuNet can't be had), framed exactly as in
 training (faces.frame_face, settings from the model card), and run through the ONNX export of the
-Keras model in batches.
+Keras model in batches; the card's calibration (calibrate.py) makes the confidences mean what they say.
 """
 from __future__ import annotations
 
@@ -36,13 +37,14 @@ from typing import IO
 import cv2
 import numpy as np
 
-from annotate import age_gender_fields, annotate, clipped_box
+from annotate import age_gender_fields, annotate, clipped_box, withhold_gender
+from confidence import calibrated
 from faces import (DETECTION_MAX_SIDE, IMAGE_SUFFIXES, YUNET_CACHE, Face, FaceDetector, Photo, fetch_yunet,
                    frame_face, framing_matrix, is_video, list_images, load_photo, marked_as_annotated, open_photo,
                    quiet_opencv, rescaled_face)
 from model_card import open_onnx_session, read_card
-from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, int_at_least,
-                   positive_int, run_cli, same_file, unique_path)
+from utils import (HelpFormatter, UserError, atomic_path, check_output_file, finite_json, float_between,
+                   int_at_least, positive_int, run_cli, same_file, unique_path)
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default" / "model.int8.onnx"
 CHUNK_IMAGES = 256  # images predicted together (their face crops go through the model in one batch)
@@ -82,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--detector-model", help="YuNet .onnx file (default: $AGE_GENDER_YUNET, else the cache)")
     parser.add_argument("--min-face", type=int_at_least(0), default=0, metavar="PIXELS",
                         help="ignore faces smaller than this")
+    parser.add_argument("--min-gender-confidence", type=float_between(0.0, 1.0), default=0.0, metavar="P",
+                        help='report gender "unknown" where its confidence is below P (0: always answer)')
     parser.add_argument("--fetch-detector", action="store_true",
                         help=f"download and verify YuNet into {YUNET_CACHE}, then exit")
     video = parser.add_argument_group("video and webcam (video.py): --format table, json or jsonl, --save out.mp4")
@@ -145,7 +149,8 @@ class AgeGenderPredictor:
     """Loads the model and the detector once; predicts every face in images (paths, PIL or arrays)."""
 
     def __init__(self, model_path: str | Path = DEFAULT_MODEL, detector: str = "auto",
-                 detector_model: str | None = None, min_face: int = 0):
+                 detector_model: str | None = None, min_face: int = 0, min_gender_confidence: float = 0.0,
+                 use_calibration: bool = True):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise UserError(f"model {model_path} not found")
@@ -153,6 +158,9 @@ class AgeGenderPredictor:
         self.card = read_card(model_path, self.session)  # framing and detector threshold come from here
         self.size = self.card["input"]["size"]
         self.framing = self.card["framing"]
+        # calibrate.py's temperatures (None: a model without them, or use_calibration=False, reports as trained)
+        self.calibration = self.card.get("calibration") if use_calibration else None
+        self.min_gender_confidence = min_gender_confidence
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
         self._check_network(model_path)
@@ -200,7 +208,17 @@ class AgeGenderPredictor:
                    for start in range(0, len(crops), MODEL_BATCH)]
         age_probs = np.concatenate([batch["age"] for batch in batches])
         male_probs = np.concatenate([batch["gender"][:, 0] for batch in batches])
-        return [age_gender_fields(probs, male) for probs, male in zip(age_probs, male_probs)]
+        return self.face_fields(age_probs, male_probs)
+
+    def face_fields(self, age_probs, male_probs, genders: list[str | None] | None = None) -> list[dict]:
+        """Each face's age and gender fields from its averaged model outputs (N x 101 age probabilities,
+        N P(male): over a face and its mirror image, or over a video track's frames), with the gender given
+        where `genders` holds one (a video track's, held until the evidence is clear). The one place where
+        the card's calibration and min_gender_confidence apply, for photos, serve.py and video alike."""
+        age_probs, male_probs = calibrated(np.asarray(age_probs), np.asarray(male_probs), self.calibration)
+        genders = genders or [None] * len(male_probs)
+        return [withhold_gender(age_gender_fields(probs, male, gender), self.min_gender_confidence)
+                for probs, male, gender in zip(age_probs, male_probs, genders)]
 
     def run_model(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """The model's raw outputs ("age": N x 101 probabilities, "gender": N x 1 P(male)) for framed crops."""
@@ -393,7 +411,7 @@ def table_widths(paths: list[str]) -> dict[str, int]:
 
 def table_row(widths: dict[str, int], image: str, *cells: str) -> str:
     """One line of the table; the header and every row share these column widths."""
-    columns = [(widths["image"], "<"), (4, ">"), (widths["box"], "<"), (5, ">"), (7, ">"), (6, "<"), (4, ">")]
+    columns = [(widths["image"], "<"), (4, ">"), (widths["box"], "<"), (5, ">"), (7, ">"), (7, "<"), (4, ">")]
     text = "  ".join(f"{cell:{align}{width}}" for cell, (width, align) in zip((image, *cells), columns))
     return text.rstrip()
 
@@ -573,7 +591,8 @@ def main(argv=None) -> int:
         if args.save and same_file(args.save, args.output):
             raise UserError(f"--save and --output are both {args.output}: give each its own path")
     saver = AnnotationSaver(args.save, paths) if args.save and not video_run else None
-    predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face)
+    predictor = AgeGenderPredictor(args.model, args.detector, args.detector_model, args.min_face,
+                                   args.min_gender_confidence)
     if video_run:
         with open_results(args.output, args.format, resume=False) as (out, _, _):
             return video.run(args, predictor, out)

@@ -3,15 +3,17 @@
     python serve.py                                          # http://127.0.0.1:8000 (this machine only)
     python serve.py --host 0.0.0.0 --port 8080 --threads 8   # reachable from the network: no authentication!
     curl -F image=@photo.jpg 'http://127.0.0.1:8000/predict?annotate=1'
+    curl -F image=@photo.jpg 'http://127.0.0.1:8000/predict?min_gender_confidence=0.8'   # "unknown" below 0.8
 
 GET /            the page: pick or drop a photo, see the annotated picture and a table of the faces
 POST /predict    multipart upload in the form field "image"; answers predict.py --json's object for one
-                 image, {"image": filename, "faces": [...]}, plus "annotated_jpeg" (base64) with ?annotate=1
+                 image, {"image": filename, "faces": [...]}, plus "annotated_jpeg" (base64) with ?annotate=1;
+                 ?min_gender_confidence=P reports gender "unknown" below P, as predict.py's option
 GET /health      {"status": "ok"} once the model is loaded
 
-Errors are JSON too, {"error": "..."}: 400 for a missing field or an unreadable image or too many
-pixels, 413 for an upload over --max-upload-mb, never a stack trace. Flask on waitress (the README
-says why).
+Errors are JSON too, {"error": "..."}: 400 for a missing field, an unreadable image, too many pixels
+or a min_gender_confidence outside 0..1, 413 for an upload over --max-upload-mb, never a stack trace.
+Flask on waitress (the README says why).
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from annotate import COLOURS, annotate
+from annotate import COLOURS, annotate, withhold_gender
 from faces import load_photo, quiet_opencv
 from predict import DEFAULT_MODEL, AgeGenderPredictor
-from utils import HelpFormatter, UserError, finite_json, int_at_least, positive_float, positive_int, run_cli
+from utils import (HelpFormatter, UserError, finite_json, float_between, int_at_least, positive_float, positive_int,
+                   run_cli)
 
 if TYPE_CHECKING:
     from waitress.server import BaseWSGIServer, MultiSocketServer
@@ -139,12 +142,17 @@ def create_app(predictor: AgeGenderPredictor, max_upload_bytes: int = round(MAX_
             other = ", ".join(f"'{name}'" for name in request.files) or "none"
             return json_response({"error": f"send the photo as a multipart upload in the form field 'image' "
                                            f"(file fields received: {other})"}, 400)
+        try:
+            min_gender_confidence = float_between(0.0, 1.0)(request.args.get("min_gender_confidence", "0"))
+        except argparse.ArgumentTypeError as error:
+            return json_response({"error": f"min_gender_confidence: {error}"}, 400)
         filename = upload.filename or "upload"
         try:
             image = decode_upload(upload.read(), filename, max_pixels)
         except UserError as error:
             return json_response({"error": str(error)}, 400)
-        result = {"image": filename, "faces": predictor.predict(image)}
+        faces = [withhold_gender(face, min_gender_confidence) for face in predictor.predict(image)]
+        result = {"image": filename, "faces": faces}
         if request.args.get("annotate", "0").lower() in ("1", "true", "yes"):
             ok, jpeg = cv2.imencode(".jpg", annotate(image, result["faces"]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             result["annotated_jpeg"] = base64.b64encode(jpeg.tobytes()).decode("ascii")

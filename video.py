@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from annotate import age_gender_fields, annotate, clipped_box
+from annotate import annotate, clipped_box
 from faces import Face, quiet_opencv
 from utils import UserError, atomic_path, check_output_file, fail, finite_json
 
@@ -82,11 +82,11 @@ class Track:
         self.p_male_sum += p_male
         self.frames += 1
 
-    def summary(self, fps: float) -> dict:
+    def summary(self, fps: float, predictor: AgeGenderPredictor) -> dict:
         return {"track": self.number, "first_frame": self.first_frame, "last_frame": self.last_frame,
                 "first_time_s": round(self.first_frame / fps, 3), "last_time_s": round(self.last_frame / fps, 3),
                 "frames": self.frames,
-                **age_gender_fields(self.age_probs_sum / self.frames, self.p_male_sum / self.frames)}
+                **predictor.face_fields([self.age_probs_sum / self.frames], [self.p_male_sum / self.frames])[0]}
 
 
 def centre_distance(track_box, face_box) -> float:
@@ -130,10 +130,11 @@ class FaceTracker:
         return [track_of_face[f] for f in range(len(faces))]
 
 
-def face_entries(tracks: list[Track], width: int, height: int) -> list[dict]:
+def face_entries(predictor: AgeGenderPredictor, tracks: list[Track], width: int, height: int) -> list[dict]:
     """The per-face JSON of one frame: the detection's box and score, the track's smoothed age and gender."""
     return [{"track": track.number, "index": index, "box": clipped_box(track.box, width, height),
-             "score": round(track.score, 3), **age_gender_fields(track.age_probs, track.p_male, track.gender)}
+             "score": round(track.score, 3),
+             **predictor.face_fields([track.age_probs], [track.p_male], [track.gender])[0]}
             for index, track in enumerate(tracks)]
 
 
@@ -244,7 +245,7 @@ def process_video(predictor: AgeGenderPredictor, source: str | int, every: int =
         elif expected and stopped_early and frames_read + 1 < expected:  # +1: some containers estimate their count
             error = f"{name}: video ends after {frames_read} of {expected} frames (truncated or damaged)"
     summary = {"image": name, "frames_read": frames_read, "frames_processed": frames_processed,
-               "fps": round(fps, 3), "tracks": [track.summary(fps) for track in tracker.tracks]}
+               "fps": round(fps, 3), "tracks": [track.summary(fps, predictor) for track in tracker.tracks]}
     return {**summary, "error": error} if error else summary
 
 
@@ -263,7 +264,7 @@ def label_frame(predictor: AgeGenderPredictor, tracker: FaceTracker, frame: np.n
     else:
         age_probs, p_male = np.zeros((0, 101)), np.zeros(0)
     tracks = tracker.update(found, age_probs, p_male, index)
-    return face_entries(tracks, frame.shape[1], frame.shape[0])
+    return face_entries(predictor, tracks, frame.shape[1], frame.shape[0])
 
 
 def print_tracks(summary: dict, out: TextIO) -> None:

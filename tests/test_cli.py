@@ -3,8 +3,8 @@ import importlib
 
 import pytest
 
-SCRIPTS = ["Dataset", "build_cache", "filescript", "main", "train", "evaluate", "export", "quantize", "predict",
-           "bench", "serve"]
+SCRIPTS = ["Dataset", "build_cache", "filescript", "main", "train", "evaluate", "export", "quantize", "calibrate",
+           "predict", "bench", "serve"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -9,6 +9,7 @@ computed in this file from the pixel values, never with evaluate's own functions
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from statistics import mean
@@ -262,7 +263,8 @@ def test_json_figures_and_groups_match_the_hand_computation(known, kind, tmp_pat
     assert reported[("race", "White")]["n"] == 4 and reported[("race", "White")]["age_mae"] == pytest.approx(15 / 4)
     for name in ("pred_vs_true.png", "error_by_age.png"):
         assert cv2.imread(str(tmp_path / "plots" / name)) is not None
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["error_by_age.png", "pred_vs_true.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["error_by_age.png", "pred_vs_true.png",
+                                                                      "reliability_utk.png"]
 
 
 def test_several_caches_report_per_source(known, tmp_path, capsys):
@@ -365,3 +367,67 @@ def test_train_py_scores_held_out_rows_the_same_way(known):
     assert set(metrics) == {"all", Path(known["cache"]).stem}
     expected = expected_figures(scored_rows(ROWS))
     assert_figures(metrics["all"], {key: expected[key] for key in ("n", "age_mae", "cs5", "gender_accuracy")})
+
+# --- reliability -----------------------------------------------------------------------------------
+
+ECE_EDGES = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0001]  # the last bin holds a confidence of 1.0
+
+
+def expected_reliability(rows: list[dict], gender_temperature: float = 1.0) -> dict:
+    """Gender ECE and the coverage of the 68% and 95% age ranges, computed here from the known model's
+    outputs: P(male) = mean red / 255 (its logit divided by the temperature), and an age distribution
+    with (100 - mean green) % at 0 years and the rest at 100 years."""
+    def p_male(row: dict) -> float:
+        p = row["male_probability"]
+        if p in (0.0, 1.0):
+            return p
+        return 1 / (1 + math.exp(-math.log(p / (1 - p)) / gender_temperature))
+
+    gendered = [(p_male(r), r["gender"] == 1) for r in rows if r["gender"] == r["gender"]]
+    gap_sum = 0.0
+    for low, high in zip(ECE_EDGES[:-1], ECE_EDGES[1:]):
+        members = [(max(p, 1 - p), (p >= 0.5) == male) for p, male in gendered if low <= max(p, 1 - p) < high]
+        if members:
+            gap_sum += abs(sum(right for _, right in members) - sum(conf for conf, _ in members))
+    coverage = {}
+    for mass in (68, 95):
+        quantiles = ((100 - mass) / 200, (100 + mass) / 200)
+        held = []
+        for r in (r for r in rows if r["age"] == r["age"]):
+            at_zero = 1 - r["predicted_age"] / 100  # the distribution's mass at 0 years
+            low, high = (0 if at_zero >= q - 1e-9 else 100 for q in quantiles)
+            held.append(low <= r["age"] <= high)
+        coverage[f"range{mass}_coverage"] = mean(held)
+    return {"gender_ece": gap_sum / len(gendered), **coverage}
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_reliability_figures_match_the_hand_computation(known, tmp_path, capsys, calibrated):
+    model = tmp_path / "model" / "model.onnx"
+    model.parent.mkdir()
+    shutil.copy(known["onnx"], model)
+    if calibrated:  # only the gender temperature: the known model's age distribution has no room to move
+        embed_in_onnx(model, {**known_card(), "calibration": {"gender_temperature": 2.0, "age_temperature": 1.0}})
+    argv = ["--model", str(model), "--cache", str(known["cache"]), "--root", str(known["root"]), "--split", "all",
+            "--out", str(tmp_path / "plots")]
+    code, out, err = run_evaluate(argv + ["--json"], capsys)
+    assert code == 0, err
+    document = strict_json(out)
+    expected = expected_reliability(scored_rows(ROWS), 2.0 if calibrated else 1.0)
+    assert document["calibrated"] is calibrated
+    assert_figures(document, expected)
+    assert_figures(document["sources"]["utk"], expected)
+    if calibrated:
+        assert strict_json(run_evaluate(argv + ["--json", "--uncalibrated"], capsys)[1])["gender_ece"] == \
+            pytest.approx(expected_reliability(scored_rows(ROWS))["gender_ece"], abs=1e-4)
+    # --min-gender-confidence: the share of faces answered and their accuracy, by hand at P = 0.8
+    answers = [((r["male_probability"] >= 0.5) == (r["gender"] == 1),
+                max(r["male_probability"], 1 - r["male_probability"])) for r in scored_rows(ROWS) if r["gender"] == r["gender"]]
+    at_08 = next(row for row in document["abstention"] if row["min_gender_confidence"] == 0.8)
+    if not calibrated:
+        answered = [right for right, confidence in answers if round(confidence, 3) >= 0.8]
+        assert at_08["answered"] == pytest.approx(len(answered) / len(answers))
+        assert at_08["accuracy"] == pytest.approx(mean(answered))
+    code, out, err = run_evaluate(argv, capsys)
+    assert code == 0 and "68% range covers" in out and "gender ECE" in out and "P=0.95" in out, err
+    assert cv2.imread(str(tmp_path / "plots" / "reliability_utk.png")) is not None

@@ -252,13 +252,14 @@ def test_tracker_keeps_numbers_smooths_and_retires_lost_faces():
     # one frame where the model flips on the first face: the smoothed label holds
     tracks = tracker.update([face_at(110, 10)], flat[:1], np.array([0.2]), 5)
     assert tracks[0].number == 1 and tracks[0].p_male > 0.5
-    assert video.face_entries(tracks, 640, 480)[0]["gender"] == "male"
+    predictor = predict.AgeGenderPredictor(detector="none", use_calibration=False)  # the outputs as given
+    assert video.face_entries(predictor, tracks, 640, 480)[0]["gender"] == "male"
     # face 2 has been unseen for 3 processed frames (> max_missed): coming back, it is a new track
     for frame in (6, 7):
         tracker.update([face_at(110, 10)], flat[:1], p_male[:1], frame)
     tracks = tracker.update([face_at(110, 10), face_at(300, 300)], flat, p_male, 8)
     assert [t.number for t in tracks] == [1, 3]
-    summary = tracker.tracks[0].summary(fps=10.0)
+    summary = tracker.tracks[0].summary(10.0, predictor)
     assert (summary["first_frame"], summary["last_frame"], summary["frames"]) == (0, 8, 9)
     assert summary["p_male"] == pytest.approx((0.9 * 8 + 0.2) / 9, abs=1e-3)
     assert summary["age"] == pytest.approx(50.0) and summary["last_time_s"] == pytest.approx(0.8)
