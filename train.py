@@ -333,7 +333,7 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
         for prefix, label in (("", "train"), ("val_", "validation")):
             if prefix + key in log:
                 axis.plot(log["epoch"] + 1, log[prefix + key], marker="o", label=label)
-        for column in log.columns:  # each validation source apart (ValidationBySource)
+        for column in log.columns if key != "loss" else []:  # each validation source apart (ValidationBySource)
             if column.startswith("val_") and column.endswith("_" + key) and column != "val_" + key:
                 axis.plot(log["epoch"] + 1, log[column], linestyle="--", label=column[4:-len(key) - 1])
         axis.set(title=title, xlabel="epoch")
