@@ -130,7 +130,13 @@ def test_predict_applies_the_cards_calibration_and_a_card_without_one_predicts_a
     from test_predict_inputs import colourful
 
     faces = np.stack([colourful(seed=seed) for seed in range(6)])
-    plain = predict.AgeGenderPredictor(SHIPPED / "model.onnx", detector="none")
+    uncalibrated_path = tmp_path / "uncalibrated" / "model.onnx"
+    uncalibrated_path.parent.mkdir()
+    shutil.copy(SHIPPED / "model.onnx", uncalibrated_path)
+    card = read_card(uncalibrated_path)
+    card.pop("calibration", None)  # a card from before calibrate.py
+    embed_in_onnx(uncalibrated_path, card)
+    plain = predict.AgeGenderPredictor(uncalibrated_path, detector="none")
     assert "calibration" not in plain.card and plain.calibration is None
     outputs = predict.mirror_average(plain.run_model, faces)
     raw_age, raw_male = outputs["age"], outputs["gender"][:, 0]
