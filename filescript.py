@@ -4,8 +4,8 @@
     python filescript.py --cache imdb/cache.csv --root imdb --decode --write-clean imdb/cache.clean.csv
 
 Prints a summary and the first bad paths, writes every bad row to a report (default: CACHE.bad.csv),
-and exits 0 when all images are fine, 1 otherwise. When not one image is found, --root is wrong: that is
-an error, with no report. FIFOs and devices are reported, never read (a read would block or never end).
+and exits 0 when all images are fine, 1 otherwise. A cache without rows, or one whose images are all
+missing (a wrong --root), is an error, with no report. FIFOs and devices are reported, never read (a read would block or never end).
 """
 from __future__ import annotations
 
@@ -70,9 +70,11 @@ def main(argv=None) -> int:
     if not Path(args.root).is_dir():
         raise UserError(f"--root {args.root}: no such folder")
     table = load_cache(args.cache)
+    if table.empty:  # nothing checked is not a complete dataset
+        raise UserError(f"{args.cache} lists no images: build it again (build_cache.py) or give another --cache")
     problems = check_cache(table, args.root, args.decode, args.workers)
     bad = problems.notna()
-    if len(table) and (problems == "missing").all():
+    if (problems == "missing").all():
         raise UserError(f"none of the {len(table)} images found under {args.root}: is --root right?")
     counts = problems[bad].value_counts()
     print(f"{len(table)} images listed, {len(table) - bad.sum()} fine, {bad.sum()} bad"
