@@ -2,7 +2,7 @@
 
     python train.py ... --strategy mirrored --precision auto          # every GPU of one machine (TensorFlow)
     KERAS_BACKEND=jax python train.py ... --strategy data-parallel    # every device JAX sees
-    KERAS_BACKEND=jax KERAS_DISTRIBUTION_JOB_ADDRESSES=10.0.0.1:1234 KERAS_DISTRIBUTION_NUM_PROCESSES=2 \
+    KERAS_BACKEND=jax KERAS_DISTRIBUTION_JOB_ADDRESSES=10.0.0.1:1234 KERAS_DISTRIBUTION_NUM_PROCESSES=2 \\
         KERAS_DISTRIBUTION_PROCESS_ID=0 python train.py ... --strategy data-parallel   # machine 0 of 2; 1 likewise
 
     with strategy_scope(args.strategy) as replica_count, precision_scope(args.precision):

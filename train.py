@@ -4,7 +4,7 @@
     python train.py --cache data/utkface.csv data/lfw.csv --root data --out runs/mix --packed   # two sources
     python train.py --cache data/utkface.csv --root data --out runs/utk --packed --epochs 60 --resume
     python train.py --cache data/utkface.csv data/lfw.csv data/wiki.csv --root data --teacher --out runs/kd --packed
-    python train.py --cache imdb/cache.csv --root imdb --out runs/big --width 64 --image-size 128 \
+    python train.py --cache imdb/cache.csv --root imdb --out runs/big --width 64 --image-size 128 \\
         --batch-size 256 --packed --strategy mirrored --precision auto                 # every GPU
 
 The checkpoint is chosen on validation faces of every source alike (CHOICE below): in-the-wild sources
