@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     source = Dataset.KnownArchive(args.url, args.data_dir) if args.url else Dataset.DATASETS[args.dataset]
 
     print(f"[1/3] download and extract {source.url}")
-    archive = Dataset.fetch(source, data_dir, args.sha256, args.retries, args.timeout, args.deadline)
+    archive = Dataset.fetch(source, data_dir, **Dataset.download_options(args))
 
     cache = data_dir / "cache.csv"
     mat_files = sorted(data_dir.glob(f"*/{args.dataset}.mat")) or sorted(data_dir.glob("**/*.mat"))
