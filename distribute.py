@@ -209,6 +209,12 @@ def data_shard() -> tuple[int, int]:
     return 0, 1
 
 
+def is_first_process() -> bool:
+    """True in the one process that writes a run's files: the only one, or process 0 of a JAX cluster
+    (the others train their share and never touch the run folder)."""
+    return data_shard()[0] == 0
+
+
 def check_batch_size(batch_size: int, replica_count: int | None = None) -> None:
     """Refuse a global batch that the replicas cannot share equally."""
     replica_count = replicas() if replica_count is None else replica_count

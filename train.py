@@ -21,6 +21,7 @@ import importlib.util
 import json
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import keras
@@ -28,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from backbone import IMAGE_SIZE, WIDTH, AgeMAE, GenderAccuracy, age_distribution_loss, build_model
-from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, local_replicas,
-                        precision_scope, strategy_scope)
+from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, is_first_process,
+                        local_replicas, precision_scope, strategy_scope)
 from faces import DETECTION_SCORE, make_framing
 from generator import (FaceDataset, add_source_arguments, check_source_arguments, group_keys, load_sources,
                        load_teacher, pack_faces, split_table)
@@ -125,7 +126,8 @@ def keep_run_settings(args, out: Path) -> None:
     --init and --split-like from there, for the card)."""
     path = out / "run.json"
     if not args.resume:
-        write_json(path, vars(args))
+        if is_first_process():
+            write_json(path, vars(args))
         return
     if not path.is_file():
         return  # a run from before run.json existed
@@ -159,6 +161,8 @@ def make_splits(table: pd.DataFrame, out: Path, args) -> dict[str, pd.DataFrame]
         mapped = keys.map(dict(zip(assignment["source"] + "|" + assignment["path"], assignment["split"])))
         return {name: table[mapped == name] for name in ("train", "val", "test")}
     splits = split_like(table, args.split_like, args.seed) if args.split_like else split_table(table, args.seed)
+    if not is_first_process():  # every process draws the same split; the first records it
+        return splits
     with atomic_path(split_path) as temp_path:
         pd.concat([part[["source", "path"]].assign(split=name) for name, part in splits.items()]).to_csv(
             temp_path, index=False)
@@ -248,7 +252,9 @@ def load_initial_weights(model: keras.Model, path: str) -> None:
 
 class SafeCheckpoint(keras.callbacks.Callback):
     """Save the model after each epoch (or only when `monitor` improves) through a temporary file and a
-    rename: a kill or a full disk mid-save never leaves a truncated model behind."""
+    rename: a kill or a full disk mid-save never leaves a truncated model behind. Only the first process
+    of a JAX cluster keeps the file; the others save alongside it (saving gathers weights from every
+    process) into a temporary folder outside the run."""
 
     def __init__(self, path: Path, monitor: str | None = None, best: float | None = None):
         super().__init__()
@@ -262,6 +268,10 @@ class SafeCheckpoint(keras.callbacks.Callback):
             if value is None or not np.isfinite(value) or (self.best is not None and value >= self.best):
                 return
             self.best = float(value)
+        if not is_first_process():
+            with tempfile.TemporaryDirectory() as folder:
+                self.model.save(Path(folder) / self.path.name)
+            return
         with atomic_path(self.path) as temp_path:
             self.model.save(temp_path)
 
@@ -408,16 +418,17 @@ def fit(args, out: Path, datasets: dict[str, FaceDataset], history: pd.DataFrame
             SafeCheckpoint(out / "model.keras", monitor="val_choice", best=best_so_far),
             SafeCheckpoint(out / "last.keras"),
             keras.callbacks.EarlyStopping(monitor="val_choice", mode="min", patience=args.patience),
-            keras.callbacks.CSVLogger(out / "log.csv", append=args.resume),
         ]
-        if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
-            callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
+        if is_first_process():  # the other processes of a JAX cluster never write into the run folder
+            callbacks.append(keras.callbacks.CSVLogger(out / "log.csv", append=args.resume))
+            if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
+                callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
         result = model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs,
                            initial_epoch=len(history), callbacks=callbacks)
     if not np.isfinite(result.history.get("loss", [0.0])).all():
         raise UserError("training diverged (the loss became NaN): nothing was exported; lower --learning-rate "
                         "or check the cache's labels")
-    if not (out / "model.keras").is_file():
+    if is_first_process() and not (out / "model.keras").is_file():
         raise UserError("no epoch produced a finite validation score: nothing was exported")
     return policy
 
@@ -429,6 +440,8 @@ def main(argv=None) -> int:
         raise UserError(f"--out {out} is a file, not a folder")
     if args.resume and not (out / "last.keras").is_file():
         raise UserError(f"nothing to resume: {out / 'last.keras'} does not exist")
+    if not is_first_process():  # joins a JAX cluster first; process 0 checks, locks and writes --out alone
+        return train_run(args, out)
     if not args.resume and (out / "last.keras").exists():
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if not args.resume and out.exists() and any(p.name not in START_FILES and not is_unfinished_write(p)
