@@ -37,15 +37,16 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
-import requests
-import urllib3
 from tqdm import tqdm
 
 from utils import (HelpFormatter, UserError, describe_os_error, file_sha256, float_between, locked, positive_float,
-                   positive_int, run_cli, sha256_hex, write_json)
+                   positive_int, require_packages, run_cli, sha256_hex, write_json)
+
+if TYPE_CHECKING:  # requests is imported where used: without it, main() says what to install
+    import requests
 
 
 
@@ -209,6 +210,8 @@ class _MinimumRate:
 def _body_chunks(response: requests.Response, decode: bool) -> Iterator[bytes]:
     """The body as it arrives, decoded if the server compressed it anyway. read1 returns what one socket
     read got, so even a server that trickles a byte at a time reaches the deadline check."""
+    import urllib3
+
     try:
         while chunk := response.raw.read1(CHUNK_BYTES, decode_content=decode):
             yield chunk
@@ -261,6 +264,8 @@ def _body_extent(response: requests.Response, url: str, part_path: Path, have_by
 def _fetch_once(url: str, part_path: Path, size_bytes: int | None, timeout_s: float, deadline: _Deadline,
                 minimum_rate: _MinimumRate, progress: bool) -> None:
     """One HTTP attempt that writes into part_path; raises on any failure, keeping what can be resumed."""
+    import requests
+
     have_bytes = part_path.stat().st_size if part_path.exists() else 0
     headers = {"Accept-Encoding": "identity"}  # so that sizes and ranges count the file's own bytes
     if have_bytes:
@@ -306,8 +311,11 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
     size_bytes and sha256, when given, must match, and content_problem(path) may refuse the finished
     bytes (it returns why). timeout_s bounds each wait for data, deadline_s the whole download (default:
     GRACE_S plus a second per SLOWEST_BYTES_PER_S); an attempt slower than speed_limit_bytes_per_s for
-    speed_time_s ends the download (UserError), keeping the part file. One run per dest at a time (a lock file beside it).
+    speed_time_s ends the download (UserError), keeping the part file. One run per dest at a time (a lock
+    file beside it).
     """
+    import requests
+
     dest = Path(dest)
     make_folder(dest.parent)
     part_path = dest.with_name(dest.name + ".part")
@@ -493,6 +501,7 @@ def fetch(source: KnownArchive, dest: str | os.PathLike, sha256: str | None = No
 
 
 def main(argv=None) -> int:
+    require_packages("Dataset.py", "requests")
     args = parse_args(argv)
     if args.archive:
         extract_archive(args.archive, args.dest or DEFAULT_DEST)

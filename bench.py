@@ -20,15 +20,18 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 
-from backbone import IMAGE_SIZE, WIDTH
 from build_cache import LANDMARK_COLUMNS
 from faces import FACE_TEMPLATE
-from utils import HelpFormatter, run_cli
+from model_card import IMAGE_SIZE, WIDTH
+from utils import HelpFormatter, require_packages, run_cli
+
+if TYPE_CHECKING:  # pandas and Keras are imported where used: --help answers at once
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
 
@@ -49,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def synthetic_faces(folder: Path, count: int, side: int) -> pd.DataFrame:
     """JPEG photos with a face-sized blob and template landmarks: exercises the full framing path."""
+    import pandas as pd
+
     rng = np.random.default_rng(0)
     rows = []
     for index in range(count):
@@ -123,11 +128,14 @@ def predict_cli_seconds(arguments: list[str]) -> float:
 
 
 def main(argv=None) -> int:
+    require_packages("bench.py", "keras", "pandas")
     args = parse_args(argv)
     count = 256 if args.quick else 2048
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
+        import pandas as pd
+
         from generator import FaceDataset, pack_faces
 
         table_200 = synthetic_faces(folder, count, 200)

@@ -16,7 +16,6 @@ row's folder) are sampled with weights: each epoch draws rows so that each sourc
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -31,33 +30,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from backbone import AGE_BINS, gaussian_age_targets
-from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, load_cache, teacher_outputs_path
-from faces import DEFAULT_FRAMING, Face, frame_face, framing_matrix, jitter_matrices, read_training_image
+from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, age_band, face_of_row, frame_row, teacher_outputs_path
+from faces import DEFAULT_FRAMING, framing_matrix, jitter_matrices
 from utils import UserError, atomic_path, file_sha256
 
 PACK_MARGIN = 0.25  # packed crops keep this share of the side around the face on each side: jitter, box views
 PACK_FORMAT = 3  # bump when the way crops are packed changes: older packed files are not reused
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
-AGE_BAND_EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]  # where the nine age bands of reports and splits begin
-AGE_BANDS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
 BOX_FRAMING_SHARE = 0.2  # share of training faces framed by their box (no landmarks): Haar and metadata paths
 # Share of training faces each photo-like degradation hits: low resolution, blur, JPEG, noise, colour cast,
 # greyscale, an occluding patch (degrade_like_photos draws them independently, in this order).
 DEGRADATION_SHARES = np.array([0.25, 0.15, 0.3, 0.15, 0.3, 0.08, 0.12])
-
-
-def load_source(cache: str | Path, root: str | Path) -> pd.DataFrame:
-    """One cache's rows, each with its `source` (its own, else the cache's file name) and its `root`."""
-    table = load_cache(cache)  # refuses labels the model cannot learn (they train to NaN)
-    table["source"] = table["source"].where(table["source"] != "", Path(cache).stem)
-    table["root"] = str(root)
-    return table
-
-
-def load_sources(caches: list[str], roots: list[str]) -> list[pd.DataFrame]:
-    """load_source of each cache, with one root for all of them or one root each."""
-    roots = roots * len(caches) if len(roots) == 1 else roots
-    return [load_source(cache, root) for cache, root in zip(caches, roots)]
 
 
 def load_teacher(caches: list[str], tables: list[pd.DataFrame]) -> np.ndarray:
@@ -83,61 +66,6 @@ def load_teacher(caches: list[str], tables: list[pd.DataFrame]) -> np.ndarray:
         outputs.append(rows)
         offset += len(table)
     return np.concatenate(outputs)
-
-
-def add_source_arguments(parser: argparse.ArgumentParser, cache_help: str) -> None:
-    """--cache CSV... and --root DIR..., as load_sources takes them (check_source_arguments checks them)."""
-    parser.add_argument("--cache", nargs="+", required=True, metavar="CSV", help=cache_help)
-    parser.add_argument("--root", nargs="+", default=["imdb"], metavar="DIR",
-                        help="folder the cache paths are relative to: one for all caches, or one per cache")
-
-
-def check_source_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if len(args.root) not in (1, len(args.cache)):
-        parser.error(f"give one --root for all caches or one per cache ({len(args.cache)}), not {len(args.root)}")
-
-
-def face_of_row(row) -> Face:
-    """The face to frame for one cache row: landmarks if present, else its box, else the whole image."""
-    landmarks = np.array([row[c] for c in LANDMARK_COLUMNS], np.float64)
-    x1, y1, x2, y2 = (row[c] for c in BOX_COLUMNS)
-    has_landmarks = not np.isnan(landmarks).any()
-    box_source = row.get("box_source")
-    if not isinstance(box_source, str):  # detected boxes come with landmarks; others are the dataset's own
-        box_source = "yunet" if has_landmarks else "metadata"
-    return Face(
-        box=(x1, y1, x2 - x1, y2 - y1) if not np.isnan(x1) else (np.nan,) * 4,
-        landmarks=landmarks.reshape(5, 2) if has_landmarks else None,
-        score=row["face_score"],
-        box_source=box_source,
-    )
-
-
-def image_path_of_row(row, root: str | Path) -> Path:
-    """A row's image: under its own `root` column when the table mixes sources, else under root."""
-    row_root = row.get("root")
-    return Path(row_root if isinstance(row_root, str) and row_root else root) / row["path"]
-
-
-def frame_row(row, root: str | Path, size: int, framing: dict | None = None, jitter: np.ndarray | None = None,
-              canvas: int | None = None) -> np.ndarray | None:
-    """Read one cache row's image and frame its face; None if the image is missing or corrupt."""
-    face = face_of_row(row)
-    # Decoded at full size, as predict.py decodes photos: a reduced decode would shrink differently.
-    image = read_training_image(image_path_of_row(row, root))
-    if image is None:
-        return None
-    if np.isnan(face.box[0]):  # the image is the face (an aligned set without detection): frame it whole
-        height, width = image.shape[:2]
-        face.box, face.box_source = (0.0, 0.0, float(width), float(height)), "yunet"
-    return frame_face(image, face, size, framing, jitter, canvas)
-
-
-def age_band(age_years) -> np.ndarray:
-    """Index of the age band (AGE_BAND_EDGES) of each age; -1 where the age is unknown."""
-    ages = np.asarray(age_years, np.float64)
-    bands = np.searchsorted(AGE_BAND_EDGES, np.nan_to_num(ages, nan=0.0), side="right") - 1
-    return np.where(np.isnan(ages), -1, bands)
 
 
 def group_keys(table: pd.DataFrame) -> pd.Series:

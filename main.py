@@ -16,7 +16,7 @@ from pathlib import Path
 import build_cache
 import Dataset
 import filescript
-from utils import HelpFormatter, UserError, run_cli
+from utils import HelpFormatter, UserError, require_packages, run_cli
 
 IMDB_WIKI_PARTS = ("wiki", "imdb")
 
@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    require_packages("main.py", "requests", "pandas", "scipy")
     args = parse_args(argv)
     data_dir = Path(args.data_dir)
     source = Dataset.KnownArchive(args.url, args.data_dir) if args.url else Dataset.DATASETS[args.dataset]

@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -50,6 +51,8 @@ def run_cli(main_function, exit_code: int = 1) -> None:
         raise SystemExit(141) from None
     except MemoryError:
         fail("out of memory: try fewer or smaller inputs (or a smaller --batch-size)", exit_code)
+    except ModuleNotFoundError as error:  # an install without what this script needs (e.g. no TensorFlow)
+        fail(f"the Python package {error.name} is missing: {FULL_INSTALL}", exit_code)
     except OSError as error:
         fail(describe_os_error(error), exit_code)
     except Exception as error:  # a bug: still one line for the user
@@ -58,6 +61,18 @@ def run_cli(main_function, exit_code: int = 1) -> None:
         message = str(error).splitlines()[0][:300] if str(error) else ""
         fail(f"unexpected {type(error).__name__}: {message} (set AGE_GENDER_DEBUG=1 for details and report it)",
              exit_code)
+
+
+FULL_INSTALL = "pip install -r requirements.txt (training and tools; requirements-predict.txt is prediction only)"
+
+
+def require_packages(script: str, *modules: str) -> None:
+    """Stop with one line naming requirements.txt when a package the script needs is not installed (the
+    light install, requirements-predict.txt, has no TensorFlow, Keras, pandas or requests). Called first
+    thing in main(), before argparse: even --help says so, and nothing half-runs."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        fail(f"{script} needs {', '.join(missing)}, not installed here: {FULL_INSTALL}")
 
 
 def describe_os_error(error: OSError) -> str:

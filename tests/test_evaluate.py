@@ -359,7 +359,8 @@ def test_train_py_scores_held_out_rows_the_same_way(known):
     """train.held_out_metrics: the model card's figures, from a FaceDataset, as evaluate.py computes them."""
     import keras
 
-    from generator import FaceDataset, load_source
+    from build_cache import load_source
+    from generator import FaceDataset
     from train import held_out_metrics
 
     dataset = FaceDataset(load_source(known["cache"], known["root"]), known["root"], SIZE, batch_size=5)
