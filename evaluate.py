@@ -45,7 +45,8 @@ from build_cache import AGE_BANDS, add_source_arguments, age_band, check_source_
 from confidence import (AGE_RANGE_MASS, COVERAGE_MASSES, age_range, calibrated, expected_age, gender_ece,
                         range_coverage, reliability_bins)
 from model_card import read_card
-from utils import HelpFormatter, UserError, atomic_path, finite_json, positive_int, require_packages, run_cli
+from utils import (HelpFormatter, UserError, atomic_path, finite_json, native_stderr_silenced, positive_int,
+                   require_packages, run_cli)
 
 if TYPE_CHECKING:  # pandas (and Keras, for .keras models) are imported where used: --help answers at once
     import keras
@@ -107,14 +108,17 @@ def load_model(model_path: str | Path) -> tuple[Callable[[np.ndarray], dict], di
 
 
 def load_keras_model(model_path: Path):
-    import keras
+    with native_stderr_silenced():  # stderr is for this script's messages, not TensorFlow's start-up
+        import keras
 
-    import backbone  # noqa: F401  registers the custom loss and metric for loading
+        import backbone  # noqa: F401  registers the custom loss and metric for loading
 
-    try:
-        return keras.models.load_model(model_path, compile=False)
-    except Exception as error:
-        raise UserError(f"cannot load {model_path}: {str(error).splitlines()[0][:200]}") from None
+        try:
+            model = keras.models.load_model(model_path, compile=False)
+            model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # devices start here
+            return model
+        except Exception as error:
+            raise UserError(f"cannot load {model_path}: {str(error).splitlines()[0][:200]}") from None
 
 
 def keras_runner(model) -> Callable[[np.ndarray], dict]:

@@ -85,6 +85,21 @@ def describe_os_error(error: OSError) -> str:
     return f"{error.strerror or error}{':' + where if where else ''}"
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Hide what native code writes to file descriptor 2 during the block: TensorFlow's start-up lines
+    (oneDNN, CUDA, absl) ignore every log-level setting. Python exceptions still rise as usual."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+
+
 # --- argument types (argparse reports a bad value as one line and exits 2) ---------------------
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
