@@ -116,7 +116,8 @@ def test_batched_augmentation_costs_a_fraction_of_the_definition(real_faces):
 
     cpu_seconds(degrade_like_photos)  # warm up OpenCV's codecs and kernels
     batched, definition = cpu_seconds(degrade_like_photos), cpu_seconds(degrade_one_at_a_time)
-    print(f"per face: batched {batched / len(batch) * 1e6:.0f} us, one at a time {definition / len(batch) * 1e6:.0f} us")
+    print(f"CPU per face: batched {batched / len(batch) * 1e6:.0f} us, "
+          f"one at a time {definition / len(batch) * 1e6:.0f} us")
     assert batched < 0.6 * definition
 
 
