@@ -8,7 +8,9 @@ A transfer streams into NAME.part; a dropped connection resumes with an HTTP Ran
 within the run (with back-off) and on the next run. Only a complete, verified file gets its name: the
 server's Content-Range must match what was asked, the size (and the sha256 where one is known) must
 match, and a web page, an empty body or anything that is not a tar is refused. A download must finish
-within --deadline as well as never wait longer than --timeout for data.
+within --deadline, never wait longer than --timeout for data, and never stay under --speed-limit bytes/s
+for --speed-time seconds (curl's options of those names): a server that trickles is left at once, its
+bytes kept in NAME.part for the next run.
 
 Extraction is all or nothing: every member is read and checked (header checksums, the gzip/bzip2/xz
 checksums at the end of the stream, a proper end of archive) in a staging folder inside --dest, then
@@ -35,15 +37,16 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
-import requests
-import urllib3
 from tqdm import tqdm
 
-from utils import (HelpFormatter, UserError, describe_os_error, file_sha256, locked, positive_float, positive_int,
-                   run_cli, sha256_hex, write_json)
+from utils import (HelpFormatter, UserError, describe_os_error, file_sha256, float_between, locked, positive_float,
+                   positive_int, require_packages, run_cli, sha256_hex, write_json)
+
+if TYPE_CHECKING:  # requests is imported where used: without it, main() says what to install
+    import requests
 
 
 
@@ -67,6 +70,8 @@ DEFAULT_DEST = "imdb"  # for --url and --archive
 CHUNK_BYTES = 1 << 16  # small reads: a dropped connection loses at most this much
 GRACE_S = 600.0  # the default deadline: 10 minutes ...
 SLOWEST_BYTES_PER_S = 64 * 1024  # ... plus one second per 64 KiB of the file
+SPEED_LIMIT_BYTES_PER_S = 1024.0  # a transfer slower than this ...
+SPEED_TIME_S = 60.0  # ... for this long is given up: any real link is far faster
 COMPRESSED_OPENERS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}  # by magic bytes
 CORRUPT_DATA_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
 WRITE_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)  # Windows has no O_NOFOLLOW
@@ -104,6 +109,16 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline", type=positive_float,
                         help=f"seconds for the whole download; when not given, {GRACE_S / 60:.0f} minutes "
                              f"plus 1 s per {SLOWEST_BYTES_PER_S // 1024} KiB")
+    parser.add_argument("--speed-limit", type=float_between(0.0), default=SPEED_LIMIT_BYTES_PER_S,
+                        metavar="BYTES_PER_S", help="give up when the transfer stays slower than this (0: never)")
+    parser.add_argument("--speed-time", type=positive_float, default=SPEED_TIME_S, metavar="SECONDS",
+                        help="... for this many seconds")
+
+
+def download_options(args: argparse.Namespace) -> dict:
+    """fetch's keyword arguments from the options add_download_arguments added."""
+    return {"sha256": args.sha256, "retries": args.retries, "timeout_s": args.timeout, "deadline_s": args.deadline,
+            "speed_limit_bytes_per_s": args.speed_limit, "speed_time_s": args.speed_time}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -173,9 +188,30 @@ class _Deadline:
                             f"run again to resume from {self.part_path}")
 
 
+class _MinimumRate:
+    """curl's --speed-limit/--speed-time: a transfer that averages under bytes_per_s over window_s seconds
+    is given up. A trickle of a byte now and then satisfies every per-read --timeout; this catches it."""
+
+    def __init__(self, bytes_per_s: float, window_s: float, part_path: Path):
+        self.bytes_per_s, self.window_s, self.part_path = bytes_per_s, window_s, part_path
+        self.window_started, self.window_bytes = time.monotonic(), 0
+
+    def count(self, received_bytes: int) -> None:
+        self.window_bytes += received_bytes
+        elapsed_s = time.monotonic() - self.window_started
+        if elapsed_s < self.window_s:
+            return
+        if self.window_bytes < self.bytes_per_s * elapsed_s:
+            raise UserError(f"download too slow: under {self.bytes_per_s:g} bytes/s for {self.window_s:g} s (see "
+                            f"--speed-limit and --speed-time); run again to resume from {self.part_path}")
+        self.window_started, self.window_bytes = time.monotonic(), 0
+
+
 def _body_chunks(response: requests.Response, decode: bool) -> Iterator[bytes]:
     """The body as it arrives, decoded if the server compressed it anyway. read1 returns what one socket
     read got, so even a server that trickles a byte at a time reaches the deadline check."""
+    import urllib3
+
     try:
         while chunk := response.raw.read1(CHUNK_BYTES, decode_content=decode):
             yield chunk
@@ -226,8 +262,10 @@ def _body_extent(response: requests.Response, url: str, part_path: Path, have_by
 
 
 def _fetch_once(url: str, part_path: Path, size_bytes: int | None, timeout_s: float, deadline: _Deadline,
-                progress: bool) -> None:
+                minimum_rate: _MinimumRate, progress: bool) -> None:
     """One HTTP attempt that writes into part_path; raises on any failure, keeping what can be resumed."""
+    import requests
+
     have_bytes = part_path.stat().st_size if part_path.exists() else 0
     headers = {"Accept-Encoding": "identity"}  # so that sizes and ranges count the file's own bytes
     if have_bytes:
@@ -252,6 +290,7 @@ def _fetch_once(url: str, part_path: Path, size_bytes: int | None, timeout_s: fl
                 out.write(chunk)
                 bar.update(len(chunk))
                 deadline.check(total_bytes or bar.n)
+                minimum_rate.count(len(chunk))
     got_bytes = part_path.stat().st_size
     if got_bytes == 0:
         part_path.unlink()
@@ -264,14 +303,19 @@ def _fetch_once(url: str, part_path: Path, size_bytes: int | None, timeout_s: fl
 
 def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, retries: int = 5,
                   timeout_s: float = 30.0, progress: bool = True, *, size_bytes: int | None = None,
-                  deadline_s: float | None = None,
+                  deadline_s: float | None = None, speed_limit_bytes_per_s: float = SPEED_LIMIT_BYTES_PER_S,
+                  speed_time_s: float = SPEED_TIME_S,
                   content_problem: Callable[[Path], str | None] | None = None) -> Path:
     """Download url to dest, resuming a dest.part left by an earlier attempt; verify and rename at the end.
 
     size_bytes and sha256, when given, must match, and content_problem(path) may refuse the finished
     bytes (it returns why). timeout_s bounds each wait for data, deadline_s the whole download (default:
-    GRACE_S plus a second per SLOWEST_BYTES_PER_S). One run per dest at a time (a lock file beside it).
+    GRACE_S plus a second per SLOWEST_BYTES_PER_S); an attempt slower than speed_limit_bytes_per_s for
+    speed_time_s ends the download (UserError), keeping the part file. One run per dest at a time (a lock
+    file beside it).
     """
+    import requests
+
     dest = Path(dest)
     make_folder(dest.parent)
     part_path = dest.with_name(dest.name + ".part")
@@ -281,7 +325,8 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
         deadline = _Deadline(deadline_s, part_path)
         for attempt in range(1, retries + 1):
             try:
-                _fetch_once(url, part_path, size_bytes, timeout_s, deadline, progress)
+                minimum_rate = _MinimumRate(speed_limit_bytes_per_s, speed_time_s, part_path)
+                _fetch_once(url, part_path, size_bytes, timeout_s, deadline, minimum_rate, progress)
                 break
             except (TransferError, requests.RequestException) as error:
                 if attempt == retries:
@@ -437,14 +482,16 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, progres
 
 
 def fetch(source: KnownArchive, dest: str | os.PathLike, sha256: str | None = None, retries: int = 5,
-          timeout_s: float = 30.0, deadline_s: float | None = None, progress: bool = True) -> Path:
+          timeout_s: float = 30.0, deadline_s: float | None = None, progress: bool = True, *,
+          speed_limit_bytes_per_s: float = SPEED_LIMIT_BYTES_PER_S, speed_time_s: float = SPEED_TIME_S) -> Path:
     """Download source's archive into dest and extract it there; returns the archive's path.
 
     A download that proves unsafe or corrupt is deleted, so that the next run fetches it afresh.
     """
     archive = Path(dest) / archive_name(source.url)
     download_file(source.url, archive, sha256 or source.sha256, retries, timeout_s, progress,
-                  size_bytes=source.size_bytes, deadline_s=deadline_s, content_problem=archive_problem)
+                  size_bytes=source.size_bytes, deadline_s=deadline_s, speed_limit_bytes_per_s=speed_limit_bytes_per_s,
+                  speed_time_s=speed_time_s, content_problem=archive_problem)
     try:
         extract_archive(archive, dest, progress)
     except BadArchive as error:
@@ -454,6 +501,7 @@ def fetch(source: KnownArchive, dest: str | os.PathLike, sha256: str | None = No
 
 
 def main(argv=None) -> int:
+    require_packages("Dataset.py", "requests")
     args = parse_args(argv)
     if args.archive:
         extract_archive(args.archive, args.dest or DEFAULT_DEST)
@@ -461,7 +509,7 @@ def main(argv=None) -> int:
         return 0
     source = KnownArchive(args.url, DEFAULT_DEST) if args.url else DATASETS[args.dataset]
     dest = args.dest or source.dest
-    fetch(source, dest, args.sha256, args.retries, args.timeout, args.deadline)
+    fetch(source, dest, **download_options(args))
     print(f"downloaded {source.url} and extracted it under {dest}")
     return 0
 

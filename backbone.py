@@ -12,8 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-IMAGE_SIZE = 96  # default input side in pixels: train.py's, bench.py's and the shipped model's
-WIDTH = 24  # default channels of the first stage; 64 suits GPUs
+from model_card import IMAGE_SIZE, WIDTH
+
 AGE_BINS = 101  # ages 0..100 years
 AGE_SIGMA_YEARS = 2.0  # spread of the soft (Gaussian) age target: neighbouring ages are nearly right
 AGE_L1_WEIGHT = 0.2  # adds |expected age - true age| to the distribution loss, as in DLDL-v2

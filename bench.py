@@ -20,15 +20,18 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 
-from backbone import IMAGE_SIZE, WIDTH
 from build_cache import LANDMARK_COLUMNS
 from faces import FACE_TEMPLATE
-from utils import HelpFormatter, run_cli
+from model_card import IMAGE_SIZE, WIDTH
+from utils import HelpFormatter, UserError, int_at_least, positive_int, require_packages, run_cli
+
+if TYPE_CHECKING:  # pandas and Keras are imported where used: --help answers at once
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
 
@@ -37,18 +40,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer images and steps")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="model input size")
-    parser.add_argument("--width", type=int, default=WIDTH, help="model width for the training figure")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
+    parser.add_argument("--image-size", type=int_at_least(32), default=IMAGE_SIZE,
+                        help="model input side, a multiple of 4")
+    parser.add_argument("--width", type=positive_int, default=WIDTH, help="model width for the training figure")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="training batch size")
     parser.add_argument("--model", default=str(ROOT / "models" / "default" / "model.int8.onnx"),
                         help="ONNX model for inference (predict.py's default)")
     parser.add_argument("--images", help="a folder of aligned face images for predict.py's folder figure")
     parser.add_argument("--photo", help="a photo with faces for the cold-start figure (default: a synthetic one)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.image_size % 4:
+        parser.error("--image-size must be a multiple of 4")
+    return args
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Refuse what predict.py would fail on, before minutes of measuring."""
+    if args.photo and not Path(args.photo).is_file():
+        raise UserError(f"--photo {args.photo}: no such file")
+    if args.images and not Path(args.images).is_dir():
+        raise UserError(f"--images {args.images}: no such folder (give a folder of aligned face images)")
+    if (args.photo or args.images) and not Path(args.model).is_file():
+        raise UserError(f"--model {args.model}: no such file (--photo and --images measure predict.py with it)")
 
 
 def synthetic_faces(folder: Path, count: int, side: int) -> pd.DataFrame:
     """JPEG photos with a face-sized blob and template landmarks: exercises the full framing path."""
+    import pandas as pd
+
     rng = np.random.default_rng(0)
     rows = []
     for index in range(count):
@@ -117,17 +136,22 @@ def predict_cli_seconds(arguments: list[str]) -> float:
     command = [sys.executable, str(ROOT / "predict.py"), *arguments, "--json"]
     result = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"predict.py failed: {result.stderr.strip()}")
+    if result.returncode != 0:  # a photo or folder predict.py cannot read: its own one-line reason
+        reason = (result.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
+        raise UserError(f"predict.py {' '.join(arguments[:1])} failed, so no figure for it: {reason}")
     return elapsed
 
 
 def main(argv=None) -> int:
+    require_packages("bench.py", "keras", "pandas")
     args = parse_args(argv)
+    check_inputs(args)
     count = 256 if args.quick else 2048
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
+        import pandas as pd
+
         from generator import FaceDataset, pack_faces
 
         table_200 = synthetic_faces(folder, count, 200)

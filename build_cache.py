@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, float_between, run_cli
+from utils import (HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, float_between,
+                   require_packages, run_cli)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from faces import FaceDetector
+    from faces import Face, FaceDetector
 
 BOX_COLUMNS = ["face_x1", "face_y1", "face_x2", "face_y2"]
 # YuNet's five landmarks in its own order (subject's right eye first, on the image's left)
@@ -38,6 +39,8 @@ LANDMARK_COLUMNS = [
     f"{part}_{axis}" for part in ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left") for axis in ("x", "y")
 ]
 TEXT_COLUMNS = ["source", "group", "content_hash"]  # empty when unknown
+AGE_BAND_EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]  # where the nine age bands of reports and splits begin
+AGE_BANDS = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"]
 CACHE_COLUMNS = ["path", "age", "gender", *BOX_COLUMNS, "face_score", *TEXT_COLUMNS, "race"]
 NUMBER_COLUMNS = ["age", "gender", *BOX_COLUMNS, "face_score", "race", *LANDMARK_COLUMNS]
 Table = dict[str, np.ndarray]  # column name -> one value per row; pandas is imported only to read caches
@@ -505,6 +508,79 @@ def load_cache(cache_path: str | Path) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def face_of_row(row) -> Face:
+    """The face to frame for one cache row: landmarks if present, else its box, else the whole image."""
+    from faces import Face
+
+    landmarks = np.array([row[c] for c in LANDMARK_COLUMNS], np.float64)
+    x1, y1, x2, y2 = (row[c] for c in BOX_COLUMNS)
+    has_landmarks = not np.isnan(landmarks).any()
+    box_source = row.get("box_source")
+    if not isinstance(box_source, str):  # detected boxes come with landmarks; others are the dataset's own
+        box_source = "yunet" if has_landmarks else "metadata"
+    return Face(
+        box=(x1, y1, x2 - x1, y2 - y1) if not np.isnan(x1) else (np.nan,) * 4,
+        landmarks=landmarks.reshape(5, 2) if has_landmarks else None,
+        score=row["face_score"],
+        box_source=box_source,
+    )
+
+
+def image_path_of_row(row, root: str | Path) -> Path:
+    """A row's image: under its own `root` column when the table mixes sources, else under root."""
+    row_root = row.get("root")
+    return Path(row_root if isinstance(row_root, str) and row_root else root) / row["path"]
+
+
+def frame_row(row, root: str | Path, size: int, framing: dict | None = None, jitter: np.ndarray | None = None,
+              canvas: int | None = None) -> np.ndarray | None:
+    """Read one cache row's image and frame its face; None if the image is missing or corrupt."""
+    from faces import frame_face, read_training_image
+
+    face = face_of_row(row)
+    # Decoded at full size, as predict.py decodes photos: a reduced decode would shrink differently.
+    image = read_training_image(image_path_of_row(row, root))
+    if image is None:
+        return None
+    if np.isnan(face.box[0]):  # the image is the face (an aligned set without detection): frame it whole
+        height, width = image.shape[:2]
+        face.box, face.box_source = (0.0, 0.0, float(width), float(height)), "yunet"
+    return frame_face(image, face, size, framing, jitter, canvas)
+
+
+def age_band(age_years) -> np.ndarray:
+    """Index of the age band (AGE_BAND_EDGES) of each age; -1 where the age is unknown."""
+    ages = np.asarray(age_years, np.float64)
+    bands = np.searchsorted(AGE_BAND_EDGES, np.nan_to_num(ages, nan=0.0), side="right") - 1
+    return np.where(np.isnan(ages), -1, bands)
+
+
+def load_source(cache: str | Path, root: str | Path) -> pd.DataFrame:
+    """One cache's rows, each with its `source` (its own, else the cache's file name) and its `root`."""
+    table = load_cache(cache)  # refuses labels the model cannot learn (they train to NaN)
+    table["source"] = table["source"].where(table["source"] != "", Path(cache).stem)
+    table["root"] = str(root)
+    return table
+
+
+def load_sources(caches: list[str], roots: list[str]) -> list[pd.DataFrame]:
+    """load_source of each cache, with one root for all of them or one root each."""
+    roots = roots * len(caches) if len(roots) == 1 else roots
+    return [load_source(cache, root) for cache, root in zip(caches, roots)]
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, cache_help: str) -> None:
+    """--cache CSV... and --root DIR..., as load_sources takes them (check_source_arguments checks them)."""
+    parser.add_argument("--cache", nargs="+", required=True, metavar="CSV", help=cache_help)
+    parser.add_argument("--root", nargs="+", default=["imdb"], metavar="DIR",
+                        help="folder the cache paths are relative to: one for all caches, or one per cache")
+
+
+def check_source_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if len(args.root) not in (1, len(args.cache)):
+        parser.error(f"give one --root for all caches or one per cache ({len(args.cache)}), not {len(args.root)}")
+
+
 def csv_fields(values) -> list[str]:
     """One column as CSV fields: numbers as %.9g (28, not 28.0; exact for float32 detector output), NaN as
     an empty field, text quoted only where it has to be."""
@@ -543,6 +619,7 @@ def refuse_image_as_output(out_path: Path, root: Path, image_paths: np.ndarray) 
 
 
 def main(argv=None) -> int:
+    require_packages("build_cache.py", "pandas")
     args = parse_args(argv)
     inputs = [args.mat, args.utkface, args.lfw, args.female_names, args.male_names, args.detector_model]
     root = Path(args.root or ("imdb" if args.mat else Path(args.utkface or args.lfw).resolve().parent))

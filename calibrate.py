@@ -39,10 +39,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from build_cache import add_source_arguments, check_source_arguments
 from confidence import COVERAGE_MASSES, age_range, calibrated, expected_age, range_coverage, scale_age, scale_gender
 from evaluate import load_model, model_outputs, predictions_frame, read_split, sources_in_split, table_metrics
 from faces import quiet_opencv
-from generator import add_source_arguments, check_source_arguments
 from model_card import CARD_FILE, TEMPERATURE_RANGE, embed_in_onnx, parse_card, read_card, write_card
 from utils import HelpFormatter, UserError, atomic_path, file_sha256, positive_int, run_cli
 

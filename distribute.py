@@ -2,7 +2,7 @@
 
     python train.py ... --strategy mirrored --precision auto          # every GPU of one machine (TensorFlow)
     KERAS_BACKEND=jax python train.py ... --strategy data-parallel    # every device JAX sees
-    KERAS_BACKEND=jax KERAS_DISTRIBUTION_JOB_ADDRESSES=10.0.0.1:1234 KERAS_DISTRIBUTION_NUM_PROCESSES=2 \
+    KERAS_BACKEND=jax KERAS_DISTRIBUTION_JOB_ADDRESSES=10.0.0.1:1234 KERAS_DISTRIBUTION_NUM_PROCESSES=2 \\
         KERAS_DISTRIBUTION_PROCESS_ID=0 python train.py ... --strategy data-parallel   # machine 0 of 2; 1 likewise
 
     with strategy_scope(args.strategy) as replica_count, precision_scope(args.precision):
@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator
-
-import keras
+from typing import TYPE_CHECKING, Iterator
 
 from utils import UserError
+
+if TYPE_CHECKING:  # each function imports Keras itself: train.py --help lists STRATEGIES without starting it
+    import keras
 
 STRATEGIES = ("auto", "none", "mirrored", "multi-worker", "data-parallel")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -41,6 +42,8 @@ def tf_gpu_capabilities() -> list[tuple[int, int]]:
 
 def resolve_precision(precision: str = "auto") -> str:
     """The Keras dtype policy name for --precision; auto picks what the accelerator runs fastest."""
+    import keras
+
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     backend = keras.backend.backend()
@@ -68,6 +71,8 @@ def resolve_precision(precision: str = "auto") -> str:
 @contextlib.contextmanager
 def precision_scope(precision: str = "auto") -> Iterator[str]:
     """Build (and train) under a global dtype policy; yields its name and restores the previous one on exit."""
+    import keras
+
     policy_name = resolve_precision(precision)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy_name)
@@ -82,6 +87,8 @@ def float32_model(model: keras.Model) -> keras.Model:
 
     Mixed policies keep float32 variables and only compute in 16 bits, so the weights carry over exactly.
     """
+    import keras
+
     def float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()
         if layer.dtype_policy.compute_dtype != "float32" and layer.dtype_policy.variable_dtype == "float32":
@@ -109,6 +116,7 @@ def tf_config_workers() -> int:
 def initialize_jax_cluster() -> int:
     """Join the JAX cluster the KERAS_DISTRIBUTION_* variables describe (once); returns the process count."""
     import jax
+    import keras
 
     if os.environ.get(JAX_CLUSTER_VARIABLE) and not jax.distributed.is_initialized():
         keras.distribution.initialize()
@@ -117,6 +125,8 @@ def initialize_jax_cluster() -> int:
 
 def resolve_strategy(strategy: str = "auto") -> str:
     """The concrete strategy for --strategy; auto spreads over every GPU or machine there is, else none."""
+    import keras
+
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
     backend = keras.backend.backend()
@@ -156,6 +166,8 @@ def strategy_scope(strategy: str = "auto") -> Iterator[int]:
     TensorFlow: MirroredStrategy over one machine's GPUs; JAX: Keras's DataParallel over every device of
     every process. The previous strategy or distribution is back on exit.
     """
+    import keras
+
     strategy = resolve_strategy(strategy)
     if strategy == "none":
         yield 1
@@ -190,6 +202,8 @@ def local_replicas(strategy: str = "auto") -> int:
 
 def replicas() -> int:
     """Devices the current strategy scope splits a global batch over (1 outside any scope)."""
+    import keras
+
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -201,12 +215,20 @@ def replicas() -> int:
 def data_shard() -> tuple[int, int]:
     """(this process's index, process count): with several JAX processes each feeds only its own rows, in
     batches of batch_size // count (Keras cannot shard a PyDataset). TensorFlow runs one process: (0, 1)."""
+    import keras
+
     if keras.backend.backend() == "jax":
         import jax
 
         initialize_jax_cluster()  # before the first device query, which would fix a one-process view
         return jax.process_index(), jax.process_count()
     return 0, 1
+
+
+def is_first_process() -> bool:
+    """True in the one process that writes a run's files: the only one, or process 0 of a JAX cluster
+    (the others train their share and never touch the run folder)."""
+    return data_shard()[0] == 0
 
 
 def check_batch_size(batch_size: int, replica_count: int | None = None) -> None:

@@ -37,17 +37,22 @@ import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
 
-from generator import (AGE_BANDS, add_source_arguments, age_band, check_source_arguments, frame_row,
-                       load_sources)
+from build_cache import AGE_BANDS, add_source_arguments, age_band, check_source_arguments, frame_row, load_sources
 from confidence import (AGE_RANGE_MASS, COVERAGE_MASSES, age_range, calibrated, expected_age, gender_ece,
                         range_coverage, reliability_bins)
 from model_card import read_card
-from utils import HelpFormatter, UserError, atomic_path, finite_json, positive_int, run_cli
+from utils import (HelpFormatter, UserError, atomic_path, finite_json, native_stderr_silenced, positive_int,
+                   require_packages, run_cli)
+
+if TYPE_CHECKING:  # pandas (and Keras, for .keras models) are imported where used: --help answers at once
+    import keras
+    import pandas as pd
+
+    from generator import FaceDataset
 
 SPLITS = ["test", "val", "train", "all"]
 NO_AGE, NO_GENDER = "age unknown", "gender unknown"
@@ -103,14 +108,17 @@ def load_model(model_path: str | Path) -> tuple[Callable[[np.ndarray], dict], di
 
 
 def load_keras_model(model_path: Path):
-    import keras
+    with native_stderr_silenced():  # stderr is for this script's messages, not TensorFlow's start-up
+        import keras
 
-    import backbone  # noqa: F401  registers the custom loss and metric for loading
+        import backbone  # noqa: F401  registers the custom loss and metric for loading
 
-    try:
-        return keras.models.load_model(model_path, compile=False)
-    except Exception as error:
-        raise UserError(f"cannot load {model_path}: {str(error).splitlines()[0][:200]}") from None
+        try:
+            model = keras.models.load_model(model_path, compile=False)
+            model.predict_on_batch(np.zeros((1, *model.input_shape[1:]), np.float32))  # devices start here
+            return model
+        except Exception as error:
+            raise UserError(f"cannot load {model_path}: {str(error).splitlines()[0][:200]}") from None
 
 
 def keras_runner(model) -> Callable[[np.ndarray], dict]:
@@ -159,6 +167,8 @@ def predictions_frame(age_probs: np.ndarray, male_probs: np.ndarray, index: pd.I
     """Per row: predicted_age (the distribution's mean), male_probability, and the central 68% and 95%
     age ranges as predict.py reports them (age_low, age_high; age_low_95, age_high_95), all NaN for a
     row without outputs."""
+    import pandas as pd
+
     readable = ~np.isnan(male_probs)
     columns = {"predicted_age": expected_age(age_probs), "male_probability": male_probs}
     for mass in COVERAGE_MASSES:
@@ -178,6 +188,15 @@ def predict_table(run: Callable[[np.ndarray], dict], table: pd.DataFrame, root: 
     """predictions_frame of model_outputs: predicted age, P(male) and age ranges for every row of a
     cache table, with the table's index (uncalibrated)."""
     return predictions_frame(*model_outputs(run, table, root, size, framing, batch_size, workers), table.index)
+
+
+def held_out_metrics(model: keras.Model, dataset: FaceDataset) -> dict:
+    """This script's figures over a (non-augmented) generator.FaceDataset: all its faces, and each source
+    apart (train.py's model card and its choice of checkpoint)."""
+    predictions = predict_table(keras_runner(model), dataset.table, dataset.root, dataset.image_size,
+                                dataset.framing, dataset.batch_size)
+    scored = dataset.table.join(predictions)
+    return {"all": table_metrics(scored), **{name: table_metrics(part) for name, part in scored.groupby("source")}}
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -218,6 +237,8 @@ def abstention_table(scored: pd.DataFrame) -> pd.DataFrame:
     """What predict.py --min-gender-confidence P trades, per source (and all sources where there are
     several) and P in MIN_GENDER_CONFIDENCES: the share of faces with a gender that get one (answered)
     and the accuracy over those (NaN where none is answered)."""
+    import pandas as pd
+
     has_gender = scored["gender"].notna() & scored["male_probability"].notna()
     parts = [("all", scored[has_gender])] if scored.loc[has_gender, "source"].nunique() > 1 else []
     parts += list(scored[has_gender].groupby("source", sort=False))
@@ -261,6 +282,8 @@ def reliability_metrics(scored: pd.DataFrame) -> dict:
 
 def group_labels(scored: pd.DataFrame) -> dict[str, tuple[pd.Series, list[str]]]:
     """For each grouping, each row's group and the groups in report order."""
+    import pandas as pd
+
     age = scored["age"].to_numpy(np.float64)
     band = pd.Series(np.where(np.isnan(age), NO_AGE, np.array(AGE_BANDS)[age_band(np.nan_to_num(age))]),
                      index=scored.index)
@@ -278,6 +301,8 @@ def group_labels(scored: pd.DataFrame) -> dict[str, tuple[pd.Series, list[str]]]
 def group_table(scored: pd.DataFrame) -> pd.DataFrame:
     """Per source: all its faces, then each age band, age band x true gender and race group that has a
     scored face, one row each (columns source, by, group and face_metrics')."""
+    import pandas as pd
+
     rows = []
     for source, part in scored.groupby("source", sort=False):
         rows.append({"source": source, "by": "all", "group": "all", **table_metrics(part)})
@@ -297,6 +322,8 @@ ALL_HINT = "use --split all for a cache the model was not trained on"
 def read_split(model_path: Path, split: str, hint: str = ALL_HINT) -> set[str] | None:
     """The paths split.csv (beside the model) puts in `split`; None for --split all. hint: what to do
     when split.csv is missing or names none of a cache's rows."""
+    import pandas as pd
+
     if split == "all":
         return None
     split_path = model_path.with_name("split.csv")
@@ -439,6 +466,7 @@ def _save(figure, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    require_packages("evaluate.py", "pandas")
     args = parse_args(argv)
     model_path = Path(args.model)
     out_dir = Path(args.out or model_path.parent)
@@ -451,6 +479,8 @@ def main(argv=None) -> int:
     sources = sources_in_split(args.cache, args.root, read_split(model_path, args.split), args.split)
     if args.split == "test":
         print("note: test split: report, don't tune (choose models and settings on --split val)", file=sys.stderr)
+    import pandas as pd
+
     calibration = None if args.uncalibrated else card.get("calibration")  # what predict.py reports
     outputs = [calibrated(*model_outputs(run, table, root, card["input"]["size"], framing=card["framing"],
                                          batch_size=args.batch_size, workers=args.workers), calibration)

@@ -13,7 +13,7 @@ import numpy as np
 
 from distribute import float32_model
 from model_card import embed_in_onnx, read_card
-from utils import UserError, atomic_path, run_cli
+from utils import UserError, atomic_path, require_packages, run_cli
 
 AGREEMENT_TOLERANCE = 1e-4
 
@@ -55,6 +55,7 @@ def export_onnx(model_path: str | Path) -> Path:
 
 
 def main(argv=None) -> int:
+    require_packages("export.py", "keras", "onnx")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="model.keras written by train.py")
     args = parser.parse_args(argv)

@@ -4,8 +4,9 @@
     python filescript.py --cache imdb/cache.csv --root imdb --decode --write-clean imdb/cache.clean.csv
 
 Prints a summary and the first bad paths, writes every bad row to a report (default: CACHE.bad.csv),
-and exits 0 when all images are fine, 1 otherwise. When not one image is found, --root is wrong: that is
-an error, with no report. FIFOs and devices are reported, never read (a read would block or never end).
+and exits 0 when all images are fine, 1 otherwise. A cache without rows, or one whose images are all
+missing (a wrong --root), is an error, with no report. FIFOs and devices are reported, never read (a
+read would block or never end).
 """
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
-import pandas as pd
 from tqdm import tqdm
 
 from build_cache import load_cache, write_cache
-from utils import HelpFormatter, UserError, check_output_file, positive_int, run_cli, same_file
+from utils import HelpFormatter, UserError, check_output_file, positive_int, require_packages, run_cli, same_file
+
+if TYPE_CHECKING:  # pandas is imported where used: without it, main() says what to install
+    import pandas as pd
 
 SHOW_BAD = 5  # bad paths printed in the summary; the report has them all
 
@@ -53,6 +57,8 @@ def image_problem(path: Path, decode: bool) -> str | None:
 
 def check_cache(table: pd.DataFrame, root: str | Path, decode: bool, workers: int) -> pd.Series:
     """The problem of each row (None where the image is fine), in the table's order."""
+    import pandas as pd
+
     root = Path(root)
     with ThreadPoolExecutor(workers) as pool:
         problems = list(tqdm(pool.map(lambda p: image_problem(root / p, decode), table["path"], chunksize=64),
@@ -61,6 +67,7 @@ def check_cache(table: pd.DataFrame, root: str | Path, decode: bool, workers: in
 
 
 def main(argv=None) -> int:
+    require_packages("filescript.py", "pandas")
     args = parse_args(argv)
     report = check_output_file(args.report or Path(args.cache).with_suffix(".bad.csv"), [args.cache])
     if args.write_clean:
@@ -70,9 +77,11 @@ def main(argv=None) -> int:
     if not Path(args.root).is_dir():
         raise UserError(f"--root {args.root}: no such folder")
     table = load_cache(args.cache)
+    if table.empty:  # nothing checked is not a complete dataset
+        raise UserError(f"{args.cache} lists no images: build it again (build_cache.py) or give another --cache")
     problems = check_cache(table, args.root, args.decode, args.workers)
     bad = problems.notna()
-    if len(table) and (problems == "missing").all():
+    if (problems == "missing").all():
         raise UserError(f"none of the {len(table)} images found under {args.root}: is --root right?")
     counts = problems[bad].value_counts()
     print(f"{len(table)} images listed, {len(table) - bad.sum()} fine, {bad.sum()} bad"

@@ -16,7 +16,7 @@ from pathlib import Path
 import build_cache
 import Dataset
 import filescript
-from utils import HelpFormatter, UserError, run_cli
+from utils import HelpFormatter, UserError, require_packages, run_cli
 
 IMDB_WIKI_PARTS = ("wiki", "imdb")
 
@@ -31,12 +31,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    require_packages("main.py", "requests", "pandas", "scipy")
     args = parse_args(argv)
     data_dir = Path(args.data_dir)
     source = Dataset.KnownArchive(args.url, args.data_dir) if args.url else Dataset.DATASETS[args.dataset]
 
     print(f"[1/3] download and extract {source.url}")
-    archive = Dataset.fetch(source, data_dir, args.sha256, args.retries, args.timeout, args.deadline)
+    archive = Dataset.fetch(source, data_dir, **Dataset.download_options(args))
 
     cache = data_dir / "cache.csv"
     mat_files = sorted(data_dir.glob(f"*/{args.dataset}.mat")) or sorted(data_dir.glob("**/*.mat"))

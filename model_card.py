@@ -25,6 +25,10 @@ ONNX_METADATA_KEY = "age_gender_card"
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512
 CALIBRATION_TEMPERATURES = ("age_temperature", "gender_temperature")  # confidence.calibrated applies them
 TEMPERATURE_RANGE = (0.05, 20.0)  # calibrate.py searches here; beyond, a model's outputs would be all or nothing
+# What a new model is built with unless train.py is told otherwise (here, not in backbone.py: the
+# training scripts show them in --help without starting Keras).
+IMAGE_SIZE = 96  # default input side in pixels: train.py's, bench.py's and the shipped model's
+WIDTH = 24  # default channels of the first stage; 64 suits GPUs
 
 
 def validate_card(card: Any, source: str | os.PathLike = "model card") -> dict:

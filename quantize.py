@@ -20,15 +20,19 @@ import argparse
 import math
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
+from build_cache import add_source_arguments, check_source_arguments, frame_row
 from evaluate import face_metrics, load_model, predict_table, read_split, sources_in_split
 from faces import quiet_opencv
-from generator import add_source_arguments, check_source_arguments, frame_row
 from model_card import embed_in_onnx
-from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, int_at_least, run_cli
+from utils import (HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, int_at_least,
+                   require_packages, run_cli)
+
+if TYPE_CHECKING:  # pandas is imported where used: --help answers at once
+    import pandas as pd
 
 CALIBRATION_FACES = 512  # training faces (each also mirrored) whose activations set the int8 ranges
 CHECK_FACES = 2000  # validation faces on which the int8 model is compared with the float one
@@ -58,6 +62,8 @@ SPLIT_HINT = ("quantize.py calibrates on the training split and checks on the va
 
 def rows_of_split(model_path: Path, caches: list[str], roots: list[str], split: str, count: int) -> pd.DataFrame:
     """At most `count` rows of one split, drawn from every cache in proportion to its rows there."""
+    import pandas as pd
+
     sources = sources_in_split(caches, roots, read_split(model_path, split, SPLIT_HINT), split, SPLIT_HINT)
     table = pd.concat([table for table, _ in sources], ignore_index=True)
     return table.sample(min(count, len(table)), random_state=SEED)
@@ -139,6 +145,7 @@ def describe(figures: dict) -> str:
 
 
 def main(argv=None) -> int:
+    require_packages("quantize.py", "pandas", "onnx")
     args = parse_args(argv)
     float_path = Path(args.model)
     if not float_path.is_file():

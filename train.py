@@ -4,7 +4,7 @@
     python train.py --cache data/utkface.csv data/lfw.csv --root data --out runs/mix --packed   # two sources
     python train.py --cache data/utkface.csv --root data --out runs/utk --packed --epochs 60 --resume
     python train.py --cache data/utkface.csv data/lfw.csv data/wiki.csv --root data --teacher --out runs/kd --packed
-    python train.py --cache imdb/cache.csv --root imdb --out runs/big --width 64 --image-size 128 \
+    python train.py --cache imdb/cache.csv --root imdb --out runs/big --width 64 --image-size 128 \\
         --batch-size 256 --packed --strategy mirrored --precision auto                 # every GPU
 
 The checkpoint is chosen on validation faces of every source alike (CHOICE below): in-the-wild sources
@@ -22,20 +22,26 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import pandas as pd
 
-from backbone import IMAGE_SIZE, WIDTH, AgeMAE, GenderAccuracy, age_distribution_loss, build_model
-from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, local_replicas,
-                        precision_scope, strategy_scope)
+from build_cache import add_source_arguments, check_source_arguments, load_sources
+from distribute import (PRECISIONS, STRATEGIES, check_batch_size, data_shard, float32_model, is_first_process,
+                        local_replicas, precision_scope, strategy_scope)
+from evaluate import held_out_metrics
 from faces import DETECTION_SCORE, make_framing
-from generator import (FaceDataset, add_source_arguments, check_source_arguments, group_keys, load_sources,
-                       load_teacher, pack_faces, split_table)
-from model_card import FORMAT_VERSION, write_card
+from model_card import FORMAT_VERSION, IMAGE_SIZE, WIDTH, write_card
 from utils import (HelpFormatter, UserError, atomic_path, float_between, int_at_least, positive_float, positive_int,
-                   file_sha256, locked, run_cli, write_json)
+                   file_sha256, locked, require_packages, run_cli, write_json)
+
+# Keras (and TensorFlow with it), pandas and the modules built on them are imported by the functions that
+# use them, once the arguments are parsed: --help answers at once, without TensorFlow's start-up lines.
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+
+    from generator import FaceDataset
 
 DEFAULT_CONTEXT = 1.0  # framing context of new runs; the shipped model's card records its own
 # What a run that failed before its first checkpoint leaves: starting afresh over it is fine.
@@ -105,6 +111,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_training_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None, np.ndarray | None]:
     """All caches as one table (a `source` and a `root` column per row), each source's weight, and with
     --teacher the teacher's outputs (rows of generator.load_teacher, a `teacher_row` column in the table)."""
+    import pandas as pd
+
+    from generator import load_teacher
+
     tables = load_sources(args.cache, args.root)
     empty = [cache for cache, table in zip(args.cache, tables) if table.empty]
     if empty:
@@ -125,7 +135,8 @@ def keep_run_settings(args, out: Path) -> None:
     --init and --split-like from there, for the card)."""
     path = out / "run.json"
     if not args.resume:
-        write_json(path, vars(args))
+        if is_first_process():
+            write_json(path, vars(args))
         return
     if not path.is_file():
         return  # a run from before run.json existed
@@ -150,6 +161,10 @@ def choose_framing(table: pd.DataFrame, method: str, context: float) -> dict:
 
 def make_splits(table: pd.DataFrame, out: Path, args) -> dict[str, pd.DataFrame]:
     """A new split (by person or image content), or on --resume the one the run started with."""
+    import pandas as pd
+
+    from generator import split_table
+
     split_path = out / "split.csv"
     if args.resume:
         if not split_path.is_file():
@@ -159,6 +174,8 @@ def make_splits(table: pd.DataFrame, out: Path, args) -> dict[str, pd.DataFrame]
         mapped = keys.map(dict(zip(assignment["source"] + "|" + assignment["path"], assignment["split"])))
         return {name: table[mapped == name] for name in ("train", "val", "test")}
     splits = split_like(table, args.split_like, args.seed) if args.split_like else split_table(table, args.seed)
+    if not is_first_process():  # every process draws the same split; the first records it
+        return splits
     with atomic_path(split_path) as temp_path:
         pd.concat([part[["source", "path"]].assign(split=name) for name, part in splits.items()]).to_csv(
             temp_path, index=False)
@@ -169,6 +186,10 @@ def split_like(table: pd.DataFrame, split_csv: str, seed: int) -> dict[str, pd.D
     """A split that keeps an earlier run honest when its model is fine-tuned: its validation and test
     images (by content, an identical copy under another name too) and their people stay held out,
     what it trained on stays in training, and people it never saw are split by split_table."""
+    import pandas as pd
+
+    from generator import group_keys, split_table
+
     try:
         earlier = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -207,12 +228,18 @@ def split_like(table: pd.DataFrame, split_csv: str, seed: int) -> dict[str, pd.D
 
 def learning_rate_schedule(args, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
     """One epoch of linear warm-up, then a cosine down to --min-lr at the last epoch of --epochs."""
+    import keras
+
     return keras.optimizers.schedules.CosineDecay(
         0.0, max(1, (args.epochs - 1) * steps_per_epoch), alpha=args.min_lr / args.learning_rate,
         warmup_target=args.learning_rate, warmup_steps=steps_per_epoch)
 
 
 def compile_model(model: keras.Model, args, steps_per_epoch: int) -> None:
+    import keras
+
+    from backbone import AgeMAE, GenderAccuracy, age_distribution_loss
+
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate_schedule(args, steps_per_epoch), weight_decay=1e-4),
         loss={"age": age_distribution_loss, "gender": keras.losses.BinaryCrossentropy(label_smoothing=0.05)},
@@ -224,6 +251,10 @@ def compile_model(model: keras.Model, args, steps_per_epoch: int) -> None:
 
 def resume_model(path: Path, args, steps_per_epoch: int) -> keras.Model:
     """last.keras with its optimizer state, under a schedule rebuilt for the run's total --epochs."""
+    import keras
+
+    import backbone  # noqa: F401  registers the custom loss and metric for loading
+
     saved = keras.models.load_model(path)
     state = [keras.ops.convert_to_numpy(variable) for variable in saved.optimizer.variables]
     compile_model(saved, args, steps_per_epoch)
@@ -236,6 +267,8 @@ def resume_model(path: Path, args, steps_per_epoch: int) -> keras.Model:
 
 
 def load_initial_weights(model: keras.Model, path: str) -> None:
+    import keras
+
     try:
         initial = keras.models.load_model(path, compile=False)
     except Exception as error:
@@ -246,36 +279,10 @@ def load_initial_weights(model: keras.Model, path: str) -> None:
     model.set_weights(initial.get_weights())
 
 
-class SafeCheckpoint(keras.callbacks.Callback):
-    """Save the model after each epoch (or only when `monitor` improves) through a temporary file and a
-    rename: a kill or a full disk mid-save never leaves a truncated model behind."""
-
-    def __init__(self, path: Path, monitor: str | None = None, best: float | None = None):
-        super().__init__()
-        self.path, self.monitor, self.best = path, monitor, best
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if not np.isfinite((logs or {}).get("loss", 0.0)):
-            return  # a diverged epoch (TerminateOnNaN stopped it) never replaces a good checkpoint
-        if self.monitor is not None:
-            value = (logs or {}).get(self.monitor)
-            if value is None or not np.isfinite(value) or (self.best is not None and value >= self.best):
-                return
-            self.best = float(value)
-        with atomic_path(self.path) as temp_path:
-            self.model.save(temp_path)
-
-
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the learning rate at the end of each epoch to the logs (and so to log.csv)."""
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-
 def model_card(args, table: pd.DataFrame, splits: dict, framing: dict, metrics: dict, parameters: int,
                source_weights: dict | None, precision: str) -> dict:
+    import keras
+
     sources = table.groupby("source").agg(rows=("path", "size"), with_age=("age", "count"),
                                           with_gender=("gender", "count"))
     return {
@@ -325,6 +332,7 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     log = pd.read_csv(log_path)
     panels = [("loss", "loss"), ("age_mae", "age MAE (years)"), ("gender_accuracy", "gender accuracy")]
@@ -345,16 +353,6 @@ def plot_curves(log_path: Path, out_path: Path) -> None:
     plt.close(figure)
 
 
-def held_out_metrics(model: keras.Model, dataset: FaceDataset) -> dict:
-    """evaluate.py's figures over a (non-augmented) dataset: all its faces, and each source apart."""
-    from evaluate import keras_runner, predict_table, table_metrics
-
-    predictions = predict_table(keras_runner(model), dataset.table, dataset.root, dataset.image_size,
-                                dataset.framing, dataset.batch_size)
-    scored = dataset.table.join(predictions)
-    return {"all": table_metrics(scored), **{name: table_metrics(part) for name, part in scored.groupby("source")}}
-
-
 def choice_score(metrics: dict) -> float:
     """The validation figure the checkpoint is chosen on (lower is better): see CHOICE_GENDER_YEARS."""
     terms = [figures["age_mae"] for source, figures in metrics.items() if source != "all" and figures["n_age"]]
@@ -363,30 +361,14 @@ def choice_score(metrics: dict) -> float:
     return float(np.mean(terms)) if terms else float("nan")
 
 
-class ValidationBySource(keras.callbacks.Callback):
-    """After each epoch, score the validation faces of each source (as evaluate.py does, mirror-averaged) and
-    log `val_choice` and each source's age MAE and gender accuracy, for the checkpoint, early stopping and
-    log.csv (callbacks after this one see these logs)."""
-
-    def __init__(self, dataset: FaceDataset):
-        super().__init__()
-        self.dataset = dataset
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        metrics = held_out_metrics(self.model, self.dataset)
-        logs["val_choice"] = choice_score(metrics)
-        for source, figures in metrics.items():
-            if source != "all":
-                logs[f"val_{source}_age_mae"] = figures["age_mae"]
-                logs[f"val_{source}_gender_accuracy"] = figures["gender_accuracy"]
-        print(f"\nvalidation by source: choice {logs['val_choice']:.3f}; " + "; ".join(
-            f"{source} MAE {figures['age_mae']:.2f}, gender {figures['gender_accuracy']:.3f}"
-            for source, figures in metrics.items() if source != "all"))
-
-
 def fit(args, out: Path, datasets: dict[str, FaceDataset], history: pd.DataFrame) -> str:
     """Build (or resume) and train the model under the chosen strategy and precision; returns the
     precision policy used. Checkpoints land in out/model.keras (best) and out/last.keras."""
+    import keras
+
+    from backbone import build_model
+    from callbacks import LearningRateLogger, SafeCheckpoint, ValidationBySource
+
     steps_per_epoch = len(datasets["train"])
     with strategy_scope(args.strategy) as replica_count, precision_scope(args.precision) as policy:
         check_batch_size(args.batch_size, replica_count)
@@ -404,31 +386,35 @@ def fit(args, out: Path, datasets: dict[str, FaceDataset], history: pd.DataFrame
         callbacks = [
             LearningRateLogger(),
             keras.callbacks.TerminateOnNaN(),
-            ValidationBySource(datasets["val"]),
+            ValidationBySource(datasets["val"], choice_score),
             SafeCheckpoint(out / "model.keras", monitor="val_choice", best=best_so_far),
             SafeCheckpoint(out / "last.keras"),
             keras.callbacks.EarlyStopping(monitor="val_choice", mode="min", patience=args.patience),
-            keras.callbacks.CSVLogger(out / "log.csv", append=args.resume),
         ]
-        if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
-            callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
+        if is_first_process():  # the other processes of a JAX cluster never write into the run folder
+            callbacks.append(keras.callbacks.CSVLogger(out / "log.csv", append=args.resume))
+            if importlib.util.find_spec("tensorboard"):  # not installed on every JAX machine
+                callbacks.append(keras.callbacks.TensorBoard(out / "tensorboard"))
         result = model.fit(datasets["train"], validation_data=datasets["val"], epochs=args.epochs,
                            initial_epoch=len(history), callbacks=callbacks)
     if not np.isfinite(result.history.get("loss", [0.0])).all():
         raise UserError("training diverged (the loss became NaN): nothing was exported; lower --learning-rate "
                         "or check the cache's labels")
-    if not (out / "model.keras").is_file():
+    if is_first_process() and not (out / "model.keras").is_file():
         raise UserError("no epoch produced a finite validation score: nothing was exported")
     return policy
 
 
 def main(argv=None) -> int:
+    require_packages("train.py", "keras", "pandas")
     args = parse_args(argv)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if args.resume and not (out / "last.keras").is_file():
         raise UserError(f"nothing to resume: {out / 'last.keras'} does not exist")
+    if not is_first_process():  # joins a JAX cluster first; process 0 checks, locks and writes --out alone
+        return train_run(args, out)
     if not args.resume and (out / "last.keras").exists():
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if not args.resume and out.exists() and any(p.name not in START_FILES and not is_unfinished_write(p)
@@ -451,6 +437,11 @@ def is_unfinished_write(path: Path) -> bool:
 
 def train_run(args, out: Path) -> int:
     """Everything after the checks on --out, with the run folder locked."""
+    import keras
+    import pandas as pd
+
+    from generator import FaceDataset, pack_faces
+
     keep_run_settings(args, out)
     keras.utils.set_random_seed(args.seed)
 

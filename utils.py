@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -50,6 +51,8 @@ def run_cli(main_function, exit_code: int = 1) -> None:
         raise SystemExit(141) from None
     except MemoryError:
         fail("out of memory: try fewer or smaller inputs (or a smaller --batch-size)", exit_code)
+    except ModuleNotFoundError as error:  # an install without what this script needs (e.g. no TensorFlow)
+        fail(f"the Python package {error.name} is missing: {FULL_INSTALL}", exit_code)
     except OSError as error:
         fail(describe_os_error(error), exit_code)
     except Exception as error:  # a bug: still one line for the user
@@ -60,6 +63,18 @@ def run_cli(main_function, exit_code: int = 1) -> None:
              exit_code)
 
 
+FULL_INSTALL = "pip install -r requirements.txt (training and tools; requirements-predict.txt is prediction only)"
+
+
+def require_packages(script: str, *modules: str) -> None:
+    """Stop with one line naming requirements.txt when a package the script needs is not installed (the
+    light install, requirements-predict.txt, has no TensorFlow, Keras, pandas or requests). Called first
+    thing in main(), before argparse: even --help says so, and nothing half-runs."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        fail(f"{script} needs {', '.join(missing)}, not installed here: {FULL_INSTALL}")
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for a failed file operation: what, where, and what to do about a full disk."""
     where = f" {error.filename}" if error.filename else ""
@@ -68,6 +83,21 @@ def describe_os_error(error: OSError) -> str:
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write{where}: {error.strerror} (choose another output location)"
     return f"{error.strerror or error}{':' + where if where else ''}"
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Hide what native code writes to file descriptor 2 during the block: TensorFlow's start-up lines
+    (oneDNN, CUDA, absl) ignore every log-level setting. Python exceptions still rise as usual."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
 
 
 # --- argument types (argparse reports a bad value as one line and exits 2) ---------------------

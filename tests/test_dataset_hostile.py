@@ -162,6 +162,39 @@ def test_a_trickling_server_meets_the_deadline(server, tmp_path):
     assert not (tmp_path / "a.tar").exists() and (tmp_path / "a.tar.part").stat().st_size > 0  # kept to resume
 
 
+def test_a_trickling_server_is_left_once_it_stays_under_the_speed_limit(server, tmp_path):
+    """One byte every 20 ms (50 bytes/s): each read arrives well within --timeout and the deadline is hours
+    away; the speed limit (here 1,000 bytes/s over 0.3 s) ends it, as curl's --speed-limit would."""
+    server.files["/a.tar"] = payload(5, 5_000)
+    server.trickle = (1, 0.02)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="under 1000 bytes/s for 0.3 s") as error:
+        Dataset.download_file(server.url + "/a.tar", tmp_path / "a.tar", timeout_s=5, progress=False,
+                              speed_limit_bytes_per_s=1000, speed_time_s=0.3)
+    assert time.monotonic() - started < 3 and len(server.requests) == 1  # given up at once, not retried
+    assert "resume from" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "a.tar").exists() and (tmp_path / "a.tar.part").stat().st_size > 0  # kept to resume
+
+
+def test_a_slow_but_steady_transfer_is_not_stopped(server, tmp_path):
+    data = tar_of(entry("a.txt", data=payload(6, 20_000)))
+    server.files["/a.tar"] = data
+    server.trickle = (2_000, 0.02)  # about 100 KB/s, for about 0.3 s
+    path = Dataset.download_file(server.url + "/a.tar", tmp_path / "a.tar", progress=False,
+                                 speed_limit_bytes_per_s=1000, speed_time_s=0.05)
+    assert path.read_bytes() == data
+
+
+def test_the_speed_limit_on_the_command_line_is_one_line_and_keeps_the_part(server, tmp_path):
+    server.files["/a.tar"] = payload(5, 5_000)
+    server.trickle = (1, 0.02)
+    result = run_script("Dataset.py", "--url", server.url + "/a.tar", "--dest", str(tmp_path),
+                        "--speed-limit", "1000", "--speed-time", "0.3")
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "download too slow: under 1000 bytes/s for 0.3 s")
+    assert (tmp_path / "a.tar.part").stat().st_size > 0
+
+
 @pytest.mark.parametrize("drop_after", [None, 40_000])
 def test_gzip_content_encoding_is_decoded(server, tmp_path, drop_after):
     data = payload(8)
@@ -372,7 +405,7 @@ def test_extraction_while_another_run_extracts_is_refused(tmp_path, capsys):
 # --- arguments and destinations ------------------------------------------------------------------
 
 @pytest.mark.parametrize("arguments", [["--retries", "0"], ["--timeout", "0"], ["--timeout", "-1"],
-                                       ["--deadline", "0"], ["--sha256", "abc"], ["--url", "ftp://host/a.tar"],
+                                       ["--deadline", "0"], ["--speed-limit", "-1"], ["--speed-time", "0"], ["--sha256", "abc"], ["--url", "ftp://host/a.tar"],
                                        ["--url", "http://host/"], ["--url", "http://host/.."]])
 def test_bad_arguments_are_one_line(arguments, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -194,9 +194,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="jax is not installed")
-def test_data_parallel_over_two_jax_processes_matches_one_device(tmp_path):
-    """Two processes on this machine, one CPU device each, joined as two machines would be."""
+def run_two_jax_processes(*arguments_of_process) -> float:
+    """Run this file as a script in two processes on this machine, one CPU device each, joined as two
+    machines would be; arguments_of_process(index) gives each its arguments. Returns the seconds taken."""
     coordinator = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     processes = []
@@ -204,18 +204,40 @@ def test_data_parallel_over_two_jax_processes_matches_one_device(tmp_path):
         env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", KERAS_DISTRIBUTION_JOB_ADDRESSES=coordinator,
                    KERAS_DISTRIBUTION_NUM_PROCESSES="2", KERAS_DISTRIBUTION_PROCESS_ID=str(index))
         env.pop("XLA_FLAGS", None)
-        processes.append(subprocess.Popen([sys.executable, __file__, "multi-process", str(tmp_path / f"{index}.json")],
-                                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        processes.append(subprocess.Popen([sys.executable, __file__, *arguments_of_process[index]], env=env, cwd=ROOT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
-        errors = [process.communicate(timeout=180)[1] for process in processes]
+        errors = [process.communicate(timeout=600)[1] for process in processes]  # a loaded 2-core machine
     finally:
         for process in processes:
             process.kill()
-    print(f"jax two processes: {time.monotonic() - started:.1f} s")
     assert [process.returncode for process in processes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    return time.monotonic() - started
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="jax is not installed")
+def test_data_parallel_over_two_jax_processes_matches_one_device(tmp_path):
+    elapsed = run_two_jax_processes(*[["multi-process", str(tmp_path / f"{index}.json")] for index in range(2)])
+    print(f"jax two processes: {elapsed:.1f} s")
     report = json.loads((tmp_path / "0.json").read_text())
     assert report["shard"] == [0, 2] and json.loads((tmp_path / "1.json").read_text())["shard"] == [1, 2]
     assert_matches_single_device(report)
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("jax"), reason="jax is not installed")
+def test_only_the_first_of_two_jax_processes_writes_the_run_folder(tmp_path):
+    """train.py in two processes, each given its own --out as two machines without a shared disk would
+    see one: process 0's folder holds the whole run, process 1's is never created."""
+    from test_training import synthetic_table
+
+    synthetic_table(tmp_path, count=80)  # enough for every split to give both processes faces
+    outs = [tmp_path / f"run{index}" for index in range(2)]
+    elapsed = run_two_jax_processes(*[["train-py-process", str(tmp_path / "cache.csv"), str(tmp_path), str(out)]
+                                      for out in outs])
+    print(f"train.py on two jax processes: {elapsed:.1f} s")
+    written = {path.name for path in outs[0].iterdir()}
+    assert {"model.keras", "last.keras", "model.json", "split.csv", "run.json", "log.csv", "curves.png"} <= written
+    assert not outs[1].exists()
 
 
 def test_refusals_on_tensorflow(monkeypatch):
@@ -305,6 +327,12 @@ if __name__ == "__main__":
         parallel = train("data-parallel", shard=shard)
         report = compare(train("none", parallel["initial"]), parallel) if shard[0] == 0 else {}
         Path(sys.argv[2]).write_text(json.dumps(dict(report, shard=shard)))
+    elif sys.argv[1] == "train-py-process":  # train.py's main in one process of a JAX cluster
+        import train
+
+        cache, root, out = sys.argv[2:5]
+        sys.exit(train.main(["--cache", cache, "--root", root, "--out", out, "--strategy", "data-parallel", "--epochs",
+                             "2", "--image-size", "32", "--width", "8", "--batch-size", "6", "--precision", "float32"]))
     else:
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf

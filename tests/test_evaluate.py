@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from statistics import mean
 
@@ -18,6 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 import evaluate
 from build_cache import load_cache
@@ -359,7 +363,8 @@ def test_train_py_scores_held_out_rows_the_same_way(known):
     """train.held_out_metrics: the model card's figures, from a FaceDataset, as evaluate.py computes them."""
     import keras
 
-    from generator import FaceDataset, load_source
+    from build_cache import load_source
+    from generator import FaceDataset
     from train import held_out_metrics
 
     dataset = FaceDataset(load_source(known["cache"], known["root"]), known["root"], SIZE, batch_size=5)
@@ -431,3 +436,14 @@ def test_reliability_figures_match_the_hand_computation(known, tmp_path, capsys,
     code, out, err = run_evaluate(argv, capsys)
     assert code == 0 and "68% range covers" in out and "gender ECE" in out and "P=0.95" in out, err
     assert cv2.imread(str(tmp_path / "plots" / "reliability_utk.png")) is not None
+@pytest.mark.parametrize("kind", ["onnx", "keras"])
+def test_stderr_holds_only_this_scripts_messages(known, kind, tmp_path):
+    """As a script: no TensorFlow start-up lines (an .onnx model never starts TensorFlow; a .keras one
+    starts it quietly), only the progress bar and the script's own notes."""
+    result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", str(known[kind]), "--cache",
+                             str(known["cache"]), "--root", str(known["root"]), "--split", "all", "--out",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            env={key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith(("evaluate:", "warning: skipped")) for line in lines), lines

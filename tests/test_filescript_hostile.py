@@ -95,3 +95,10 @@ def test_invalid_arguments_are_argparse_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         filescript.parse_args(argv)
     assert exit_info.value.code == 2 and "--workers" in capsys.readouterr().err
+
+
+def test_a_cache_without_rows_is_an_error_not_a_complete_dataset(tmp_path, capsys):
+    cache = make_cache(tmp_path, names=())
+    code, out, error = run(["--cache", str(cache), "--root", str(tmp_path)], capsys)
+    assert code == 1 and error.startswith("error: ") and "lists no images" in error and error.count("\n") == 1
+    assert "0 images listed" not in out and not (tmp_path / "cache.bad.csv").exists()

@@ -14,7 +14,7 @@ import predict
 import train
 from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, add_landmarks, write_cache
 from faces import FaceDetector
-from generator import frame_row
+from build_cache import frame_row
 from model_card import FORMAT_VERSION, embed_in_onnx, read_card, validate_card
 from utils import UserError
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,17 @@ def test_a_broken_calibration_writes_nothing(float_model, tmp_path, monkeypatch)
     with pytest.raises(UserError, match="strays too far"):
         quantize.main(quantize_argv(float_model, "--out", str(out)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_as_a_script_it_never_starts_tensorflow(float_model, tmp_path):
+    """stderr is for the user's messages: quantize.py works on ONNX files and never imports TensorFlow,
+    whose start-up lines no log level silences."""
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "quantize.py"),
+                             *quantize_argv(float_model, "--out", str(tmp_path / "model.int8.onnx"))],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
+    assert not imported & {"tensorflow", "keras", "jax"}
+    messages = [line for line in lines if not line.startswith("import time:")]
+    assert all(line.startswith("evaluate:") for line in messages), messages  # the progress bar only

@@ -121,7 +121,7 @@ import resource, sys
 sys.path.insert(0, {str(ROOT)!r})
 import keras
 from backbone import build_model
-from train import SafeCheckpoint
+from callbacks import SafeCheckpoint
 model = build_model(32, 8)
 checkpoint = SafeCheckpoint(__import__("pathlib").Path({str(tmp_path / "model.keras")!r}))
 checkpoint.set_model(model)
@@ -172,7 +172,7 @@ def test_batches_are_never_empty_and_divide_over_the_devices(tmp_path):
 
 def test_a_diverged_epoch_never_replaces_a_checkpoint(tmp_path):
     from backbone import build_model
-    from train import SafeCheckpoint
+    from callbacks import SafeCheckpoint
 
     model = build_model(32, 8)
     checkpoint = SafeCheckpoint(tmp_path / "last.keras")
