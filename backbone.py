@@ -12,9 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from model_card import IMAGE_SIZE, WIDTH
+from model_card import AGE_BINS, IMAGE_SIZE, WIDTH
 
-AGE_BINS = 101  # ages 0..100 years
 AGE_SIGMA_YEARS = 2.0  # spread of the soft (Gaussian) age target: neighbouring ages are nearly right
 AGE_L1_WEIGHT = 0.2  # adds |expected age - true age| to the distribution loss, as in DLDL-v2
 BN_MOMENTUM = 0.9  # batch-norm statistics settle within a few hundred steps, so short runs validate right

@@ -82,8 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--lfw needs --female-names and --male-names")
     if not args.lfw and (args.female_names or args.male_names):
         parser.error("--female-names and --male-names go with --lfw")
-    if not args.mat and (args.images or args.partial or args.ignore_boxes):
+    if not args.mat and (args.images is not None or args.partial or args.ignore_boxes):
         parser.error("--images, --partial and --ignore-boxes go with --mat")
+    if args.ignore_boxes and not args.detect:
+        parser.error("--ignore-boxes needs --detect: the detected face replaces the metadata box")
     return args
 
 
@@ -210,9 +212,11 @@ def rows_from_mat(mat_path: str, min_score: float, allow_second_face: bool, root
     box_is_valid = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     print_dropped(int((~box_is_valid).sum()), "face box not finite or empty")
     keep[np.flatnonzero(keep)[~box_is_valid]] = False
-    folder = (images or f"{struct_name}_crop").rstrip("/")
-    if outside_root(folder + "/"):
-        raise UserError(f"--images {folder}: name a folder under --root")
+    folder = Path(images).as_posix() if images is not None else f"{struct_name}_crop"  # ./x/ is x
+    if outside_root(folder + "/") or folder in ("", "."):
+        raise UserError(f"--images {images!r}: name a folder under --root")
+    if images is not None and root is not None and not (Path(root) / folder).is_dir():
+        raise UserError(f"--images {images}: {Path(root) / folder} is not a folder")
     paths = [f"{folder}/{path}" for path in mat_texts(Path(mat_path), "full_path", fields["full_path"], keep)]
     if "/.." in "\n".join(paths):  # rare: look closer only then
         climbing = next((path for path in paths if outside_root(path)), None)
@@ -260,7 +264,7 @@ def check_boxes_fit(table: Table, root: Path, sample: int = 200) -> None:
         try:
             with Image.open(root / table["path"][row]) as image:
                 width, height = image.size
-        except OSError:  # absent or unreadable: the image checks report those
+        except (OSError, Image.DecompressionBombError):  # absent or unreadable: the image checks report those
             continue
         checked += 1
         x1, y1, x2, y2 = boxes[row]

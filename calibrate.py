@@ -34,17 +34,20 @@ import math
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
 
 from build_cache import add_source_arguments, check_source_arguments
 from confidence import COVERAGE_MASSES, age_range, calibrated, expected_age, range_coverage, scale_age, scale_gender
 from evaluate import load_model, model_outputs, predictions_frame, read_split, sources_in_split, table_metrics
 from faces import quiet_opencv
-from model_card import CARD_FILE, TEMPERATURE_RANGE, embed_in_onnx, parse_card, read_card, write_card
-from utils import HelpFormatter, UserError, atomic_path, file_sha256, positive_int, run_cli
+from model_card import (CARD_FILE, TEMPERATURE_RANGE, embed_in_onnx, existing_onnx_file, parse_card, read_card,
+                        write_card)
+from utils import HelpFormatter, UserError, atomic_path, file_sha256, positive_int, require_packages, run_cli
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_MAE_INCREASE = 0.05  # years: the age temperature may not make any source's age MAE worse than this
 MIN_FACES = 100  # validation faces with a gender, and with an age, needed to fit each temperature
@@ -236,12 +239,11 @@ def write_calibration(model_path: Path, card: dict, calibration: dict) -> list[P
 
 
 def main(argv=None) -> int:
+    require_packages("calibrate.py", "pandas")
     args = parse_args(argv)
-    model_path = Path(args.model)
-    if not model_path.is_file():
-        raise UserError(f"{args.model}: no such model file")
-    if model_path.suffix != ".onnx":
-        raise UserError(f"{args.model}: give the exported model.onnx or model.int8.onnx (export.py, quantize.py)")
+    import pandas as pd  # after the arguments: --help answers at once
+
+    model_path = existing_onnx_file(args.model, "the exported model.onnx or model.int8.onnx (export.py, quantize.py)")
     run, card = load_model(model_path)  # its run gives the raw outputs: calibration is applied after averaging
     quiet_opencv()  # unreadable images are counted below, not reported one by one
     sources = sources_in_split(args.cache, args.root, read_split(model_path, "val", SPLIT_HINT), "val", SPLIT_HINT)

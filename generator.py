@@ -20,6 +20,8 @@ import hashlib
 import json
 import sys
 import threading
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def load_teacher(caches: list[str], tables: list[pd.DataFrame]) -> np.ndarray:
             with np.load(path) as stored:
                 made_for, paths = str(stored["cache_sha256"]), stored["path"]
                 rows = np.column_stack([stored["age_probs"], stored["p_male"]]).astype(np.float32)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise UserError(f"{path} is not teacher.py's output ({str(error).splitlines()[0]}): {rerun}") from None
         if made_for != file_sha256(cache) or rows.shape != (len(table), AGE_BINS + 1) \
                 or not np.array_equal(paths, table["path"].to_numpy(str)):

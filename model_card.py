@@ -29,6 +29,7 @@ TEMPERATURE_RANGE = (0.05, 20.0)  # calibrate.py searches here; beyond, a model'
 # training scripts show them in --help without starting Keras).
 IMAGE_SIZE = 96  # default input side in pixels: train.py's, bench.py's and the shipped model's
 WIDTH = 24  # default channels of the first stage; 64 suits GPUs
+AGE_BINS = 101  # ages 0..100 years: the age output's bins
 
 
 def validate_card(card: Any, source: str | os.PathLike = "model card") -> dict:
@@ -139,3 +140,13 @@ def embed_in_onnx(onnx_path: str | os.PathLike, card: dict) -> None:
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=ONNX_METADATA_KEY, value=finite_json(card))
     onnx.save(model, str(onnx_path))
+
+
+def existing_onnx_file(model: str, what_to_give: str) -> Path:
+    """The --model argument as a Path, refused with one line unless it names an existing .onnx file."""
+    model_path = Path(model)
+    if not model_path.is_file():
+        raise UserError(f"{model}: no such model file")
+    if model_path.suffix != ".onnx":
+        raise UserError(f"{model}: give {what_to_give}")
+    return model_path

@@ -27,7 +27,7 @@ import numpy as np
 from build_cache import add_source_arguments, check_source_arguments, frame_row
 from evaluate import face_metrics, load_model, predict_table, read_split, sources_in_split
 from faces import quiet_opencv
-from model_card import embed_in_onnx
+from model_card import embed_in_onnx, existing_onnx_file
 from utils import (HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, int_at_least,
                    require_packages, run_cli)
 
@@ -147,11 +147,7 @@ def describe(figures: dict) -> str:
 def main(argv=None) -> int:
     require_packages("quantize.py", "pandas", "onnx")
     args = parse_args(argv)
-    float_path = Path(args.model)
-    if not float_path.is_file():
-        raise UserError(f"{args.model}: no such model file")
-    if float_path.suffix != ".onnx":
-        raise UserError(f"{args.model}: give the exported model.onnx (export.py writes it from model.keras)")
+    float_path = existing_onnx_file(args.model, "the exported model.onnx (export.py writes it from model.keras)")
     run_float, card = load_model(float_path)
     if "quantization" in card:
         raise UserError(f"{args.model} is already quantized: give the float model.onnx")

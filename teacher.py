@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backbone import AGE_BINS
-from utils import HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, run_cli
+from model_card import AGE_BINS  # not backbone's: it would start TensorFlow
+from utils import (HelpFormatter, UserError, atomic_path, check_output_file, file_sha256, positive_int,
+                   require_packages, run_cli)
 
 BATCH = 256  # faces per teacher run: chips are small, so big batches amortise ONNX Runtime's overhead
 CHIP_PADDING = 0.2  # dlib's default chip padding, which the teacher networks were trained with
@@ -37,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache", required=True, help="cache.csv whose faces the teacher labels")
     parser.add_argument("--root", required=True, help="folder the cache's paths are relative to")
     parser.add_argument("--out", help="output file (default: the cache's name with .teacher.npz)")
-    parser.add_argument("--workers", type=int, default=2, help="threads that read and align faces")
+    parser.add_argument("--workers", type=positive_int, default=2, help="threads that read and align faces")
     return parser.parse_args(argv)
 
 
@@ -127,6 +128,7 @@ def label_cache(teacher: Teacher, table, root: Path, workers: int) -> dict[str, 
 
 
 def main(argv=None) -> int:
+    require_packages("teacher.py", "pandas")  # the training install, before the teacher's own package
     args = parse_args(argv)
     from build_cache import load_cache, teacher_outputs_path
 
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
         raise UserError(f"--out {out}: the teacher's outputs are an .npz file")
     teacher = Teacher()  # before reading the cache: a missing package should fail at once
     table = load_cache(cache)
+    if table.empty:
+        raise UserError(f"{cache} has no rows: nothing for the teacher to label")
     outputs = label_cache(teacher, table, root, args.workers)
     readable = int(np.isfinite(outputs["p_male"]).sum())
     if not readable:

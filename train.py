@@ -119,6 +119,9 @@ def load_training_sources(args) -> tuple[pd.DataFrame, dict[str, float] | None, 
     empty = [cache for cache, table in zip(args.cache, tables) if table.empty]
     if empty:
         raise UserError(f"no rows in {', '.join(empty)}: nothing to train on from it")
+    if any((table["source"] == "all").any() for table in tables):
+        raise UserError("a source is named 'all', which the reports use for every face together: set the cache's "
+                        "source column (or rename the cache file) to another name")
     teacher = load_teacher(args.cache, tables) if args.teacher else None
     table = pd.concat(tables, ignore_index=True)
     weights = None

@@ -12,7 +12,7 @@ from conftest import ROOT
 from packaging.requirements import Requirement
 
 TRAINING_SCRIPTS = ["train.py", "evaluate.py", "Dataset.py", "main.py", "filescript.py", "export.py", "quantize.py",
-                    "bench.py", "build_cache.py"]
+                    "bench.py", "build_cache.py", "teacher.py", "calibrate.py"]
 MODULE_OF = {"scikit-learn": "sklearn", "opencv-python-headless": "cv2", "pillow": "PIL"}  # package -> import name
 
 

@@ -63,6 +63,11 @@ def test_missing_stale_and_foreign_teacher_outputs_are_refused(tmp_path):
     with pytest.raises(train.UserError, match="is not teacher.py's output"):
         load_teacher([cache], [table])
     write_teacher_outputs(cache, table, np.full((4, AGE_BINS), 1 / AGE_BINS), np.full(4, 0.5))
+    whole = build_cache.teacher_outputs_path(cache).read_bytes()
+    build_cache.teacher_outputs_path(cache).write_bytes(whole[:len(whole) // 2])  # an interrupted copy
+    with pytest.raises(train.UserError, match="is not teacher.py's output"):
+        load_teacher([cache], [table])
+    write_teacher_outputs(cache, table, np.full((4, AGE_BINS), 1 / AGE_BINS), np.full(4, 0.5))
     with open(cache, "a") as file:
         file.write("extra.jpg,30,1\n")  # the cache changed after the teacher ran
     with pytest.raises(train.UserError, match="made for another version"):
@@ -82,6 +87,15 @@ def test_training_with_the_teacher_and_the_choice_on_every_source(tmp_path):
     metrics = {"all": {}, "utkface": {"n_age": 9, "age_mae": 5.0, "n_gender": 9, "gender_accuracy": 0.9},
                "lfw": {"n_age": 0, "age_mae": float("nan"), "n_gender": 5, "gender_accuracy": 0.95}}
     assert train.choice_score(metrics) == pytest.approx((5.0 + 20 * 0.1 + 20 * 0.05) / 3)
+
+
+def test_a_source_named_all_is_refused(tmp_path, capsys):
+    table = synthetic_table(tmp_path, count=8).assign(source="all")  # "all" names every face in the reports
+    build_cache.write_cache(table, tmp_path / "cache.csv")
+    argv = ["--cache", str(tmp_path / "cache.csv"), "--root", str(tmp_path), "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):
+        train.run_cli(lambda: train.main(argv))
+    assert "named 'all'" in capsys.readouterr().err
 
 
 def test_teacher_needs_its_package(tmp_path):

@@ -48,8 +48,30 @@ def test_boxes_outside_resized_images_are_refused_with_the_way_out(tmp_path, cap
     with pytest.raises(SystemExit):
         build_cache.run_cli(lambda: build_cache.main(argv), exit_code=2)
     assert "--ignore-boxes" in capsys.readouterr().err and not (tmp_path / "cache.csv").exists()
-    assert build_cache.main([*argv, "--ignore-boxes"]) == 0
-    assert pd.read_csv(tmp_path / "cache.csv")["face_x1"].isna().all()  # the whole image is the face
+    with pytest.raises(SystemExit):  # without detection the whole 64 px crop would be taken for the face
+        build_cache.parse_args([*argv, "--ignore-boxes"])
+    assert "--ignore-boxes needs --detect" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("images, message", [("nonexistent", "is not a folder"), ("", "name a folder"),
+                                             ("/", "name a folder"), ("../up", "name a folder")])
+def test_an_images_folder_that_is_not_there_is_refused(tmp_path, capsys, images, message):
+    write_wiki_mat(tmp_path / "wiki.mat", wiki_rows(["01/a.jpg"]))
+    argv = ["--mat", str(tmp_path / "wiki.mat"), "--images", images, "--root", str(tmp_path),
+            "--out", str(tmp_path / "cache.csv")]
+    with pytest.raises(SystemExit):
+        build_cache.run_cli(lambda: build_cache.main(argv), exit_code=2)
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1 and not (tmp_path / "cache.csv").exists()
+
+
+def test_a_dotted_images_folder_gives_the_same_paths(tmp_path):
+    (tmp_path / "copy" / "01").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "copy" / "01" / "a.jpg"), np.full((200, 200, 3), 90, np.uint8))
+    write_wiki_mat(tmp_path / "wiki.mat", wiki_rows(["01/a.jpg"]))
+    assert build_cache.main(["--mat", str(tmp_path / "wiki.mat"), "--images", "./copy/", "--root", str(tmp_path),
+                             "--out", str(tmp_path / "cache.csv")]) == 0
+    assert pd.read_csv(tmp_path / "cache.csv")["path"].tolist() == ["copy/01/a.jpg"]
 
 
 def test_mat_only_options_need_mat(tmp_path, capsys):
