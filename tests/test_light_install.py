@@ -73,3 +73,20 @@ def test_help_starts_neither_keras_nor_tensorflow(script):
     others = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert not others, others  # no start-up lines of any library
     print(f"{script} --help: {elapsed:.2f} s")
+
+
+def test_a_package_missing_past_the_first_check_is_still_one_line(capsys):
+    """run_cli's last line of defence: a module that fails to import later (Keras without its backend,
+    say) names the package and requirements.txt instead of 'error: unexpected ModuleNotFoundError'."""
+    from utils import run_cli
+
+    def main() -> int:
+        import no_such_package_for_this_test  # noqa: F401
+        return 0
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main)
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(error.splitlines()) == 1
+    assert error.startswith("error: the Python package no_such_package_for_this_test is missing: pip install -r "
+                            "requirements.txt")
