@@ -29,9 +29,9 @@ def scale_age(age_probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def scale_gender(p_male: np.ndarray, temperature: float) -> np.ndarray:
-    """P(male) with its logit divided by temperature (0 and 1 stay where they are)."""
+    """P(male) with its logit divided by temperature (0 and 1 stay where they are, NaN stays NaN)."""
     p_male = np.asarray(p_male, np.float64)
-    with np.errstate(divide="ignore", over="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         logit = np.log(p_male) - np.log1p(-p_male)
         return 1 / (1 + np.exp(-logit / temperature))
 
