@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from confidence import age_range
+from confidence import age_range, expected_age
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLOURS = {"female": (60, 60, 230), "male": (230, 140, 40), "unknown": (130, 130, 130)}  # BGR
@@ -23,7 +23,7 @@ def age_gender_fields(age_probs: np.ndarray, p_male: float, gender: str | None =
     low, high = (float(bound) for bound in age_range(age_probs))
     gender = gender or ("male" if p_male >= 0.5 else "female")
     confidence = p_male if gender == "male" else 1 - p_male
-    return {"age": round(float(age_probs @ np.arange(len(age_probs))), 1), "age_range": [low, high],
+    return {"age": round(float(expected_age(age_probs)), 1), "age_range": [low, high],
             "gender": gender, "gender_confidence": round(float(confidence), 3), "p_male": round(float(p_male), 4)}
 
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from backbone import AGE_BINS, gaussian_age_targets
 from build_cache import BOX_COLUMNS, LANDMARK_COLUMNS, age_band, face_of_row, frame_row, teacher_outputs_path
+from confidence import expected_age
 from faces import DEFAULT_FRAMING, framing_matrix, jitter_matrices
 from utils import UserError, atomic_path, file_sha256
 
@@ -253,7 +254,7 @@ class FaceDataset(keras.utils.PyDataset):
         true_ages = keras.ops.convert_to_numpy(gaussian_age_targets(self.ages[rows]))
         distribution = np.where(age_known[:, None], (1 - share[:, None]) * true_ages + share[:, None] * teacher_ages,
                                 teacher_ages)
-        age_years = np.where(age_known, self.ages[rows], teacher_ages @ np.arange(AGE_BINS))
+        age_years = np.where(age_known, self.ages[rows], expected_age(teacher_ages))
         gender = np.where(gender_known, (1 - share) * self.genders[rows] + share * p_male, p_male)
         targets = {"age": np.column_stack([age_years, distribution]).astype(np.float32),
                    "gender": gender[:, None].astype(np.float32)}

@@ -104,10 +104,11 @@ def label_cache(teacher: Teacher, table, root: Path, workers: int) -> dict[str, 
     import cv2
     from tqdm import tqdm
 
+    from build_cache import image_path_of_row
     from faces import read_training_image
 
     def chips_of(row: dict):
-        image = read_training_image(root / row["path"])
+        image = read_training_image(image_path_of_row(row, root))
         if image is None:
             return None
         return teacher.chips(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face_box(row, image.shape))
